@@ -1,0 +1,189 @@
+"""LightningDataModule that serves batches by indexing in-memory uint8 tensors."""
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from autoexp.data.splits import IMAGE_SHAPES, Split, check_dataset_name, load_splits
+
+log = logging.getLogger(__name__)
+
+
+class BatchDataset(Dataset):
+    """Dataset whose items are whole batches: `dataset[index_tensor]` returns (images, labels)."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split.images[index], self.split.labels[index]
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class BatchIndexSampler(Sampler[torch.Tensor]):
+    """Yields index tensors, one per batch, over a seeded permutation that changes each epoch.
+
+    Under DDP the permutation is cut into global batches of `batch_size * world_size` indices
+    and each rank takes every world_size-th index of each global batch. Every index is used
+    exactly once per epoch and all ranks see the same number of non-empty batches, so sums
+    accumulated across ranks (PCA covariance, k-means cluster sums) are exact.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0):
+        self.n = n
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _global_batches(self, world_size: int) -> list[torch.Tensor]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=generator)
+        else:
+            order = torch.arange(self.n)
+        batches = list(order.split(self.batch_size * world_size))
+        # A last global batch too small to give each rank an index joins the one before it.
+        if len(batches) > 1 and len(batches[-1]) < world_size:
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        rank, world_size = _world()
+        for batch in self._global_batches(world_size):
+            yield batch[rank::world_size]
+
+    def __len__(self) -> int:
+        _, world_size = _world()
+        global_batch = self.batch_size * world_size
+        n_batches = math.ceil(self.n / global_batch)
+        last_size = self.n - (n_batches - 1) * global_batch
+        if n_batches > 1 and last_size < world_size:
+            return n_batches - 1
+        return n_batches
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Digits, MNIST or Fashion-MNIST, each split held in memory as one uint8 tensor.
+
+    Batches are drawn by indexing those tensors with a seeded permutation and converted to
+    float32 in [0, 1] a whole batch at a time, after the transfer to the device.
+
+    Args:
+        name: One of "digits", "mnist", "fashion_mnist".
+        root: Folder searched for the IDX files.
+        download: Fetch missing IDX files from `mirrors`.
+        mirrors: Base URLs to fetch from; None means the public mirrors.
+        batch_size: Training batch size per process.
+        eval_batch_size: Batch size for validation and test.
+        val_fraction: Fraction of the training images held out for validation.
+        test_fraction: Fraction held out for testing where the data set has no test split.
+        split_seed: Seed of the split permutations and of the batch order.
+        num_workers: DataLoader worker processes; 0 indexes in the main process, which is
+            fastest for in-memory tensors.
+    """
+
+    def __init__(
+        self,
+        name: str = "digits",
+        root: str | Path | None = "data",
+        download: bool = False,
+        mirrors: list[str] | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        test_fraction: float | None = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        check_dataset_name(name)
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r} must be an integer >= 1")
+        self.name = name
+        self.root = root
+        self.download = download
+        self.mirrors = list(mirrors) if mirrors is not None else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.splits: dict[str, Split] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return IMAGE_SHAPES[self.name]
+
+    def prepare_data(self) -> None:
+        # Runs on one process per node before setup, so a download happens once.
+        self.load()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def load(self) -> dict[str, Split]:
+        """Load the splits once; later calls return the same tensors."""
+        if self.splits is None:
+            self.splits = load_splits(
+                self.name,
+                root=self.root,
+                download=self.download,
+                mirrors=self.mirrors,
+                val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction,
+                split_seed=self.split_seed,
+            )
+            sizes = ", ".join(f"{key} {len(split)}" for key, split in self.splits.items())
+            log.info("Loaded %s: %s images", self.name, sizes)
+        return self.splits
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        data = self.load()[split]
+        sampler = BatchIndexSampler(len(data), batch_size, shuffle, seed=self.split_seed)
+        # batch_size=None turns off automatic batching: each sampler item is a whole batch.
+        return DataLoader(
+            BatchDataset(data),
+            batch_size=None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        pixel_max = self.load()["train"].pixel_max
+        return images.float().div_(pixel_max), labels
+
+    def sample_images(self, split: str, n: int) -> torch.Tensor:
+        """Return the first n images of a split as float32 in [0, 1], shape (n, 1, H, W)."""
+        data = self.load()[split]
+        return data.images[:n].float().div_(data.pixel_max)

@@ -1,0 +1,101 @@
+"""Base LightningModule of every autoencoder: the loss, the logged metrics, the interface."""
+
+import math
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+
+def to_container(value: Any) -> Any:
+    """Turn OmegaConf nodes into plain dicts and lists, so checkpoints hold no OmegaConf types."""
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def reconstruction_errors(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Return ||x - x_hat||^2 summed over the pixels of each image, shape (n,)."""
+    return (x - x_hat).pow(2).flatten(1).sum(1)
+
+
+class AutoencoderModule(pl.LightningModule):
+    """An encoder f and a decoder g trained so that g(f(x)) is close to x.
+
+    Subclasses define `encode`, `decode` and `filters`. The loss of every model is the squared
+    reconstruction error of each image, summed over its pixels and averaged over the batch; it
+    is logged as `{stage}/loss`, and its per-pixel mean as `{stage}/mse` for val and test.
+
+    Args:
+        image_shape: (channels, height, width) of the images.
+        latent_dim: Size of the code.
+        optimizer: Config of a torch.optim optimizer (`_target_` and its arguments, without
+            `params`); None for models that are not trained by gradients.
+    """
+
+    model_name: ClassVar[str]
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int] | list[int],
+        latent_dim: int,
+        optimizer: dict | None = None,
+    ):
+        super().__init__()
+        if not isinstance(latent_dim, int) or latent_dim < 1:
+            raise ValueError(f"model.latent_dim={latent_dim!r} must be an integer >= 1")
+        self.image_shape = tuple(image_shape)
+        self.latent_dim = latent_dim
+        self.n_pixels = math.prod(self.image_shape)
+        self.optimizer_config = to_container(optimizer)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the code of each image, shape (n, latent_dim)."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Return the images decoded from codes z, shape (n, *image_shape)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def filters(self) -> dict[str, torch.Tensor]:
+        """Return the learned filters by group name, each of shape (k, *image_shape)."""
+        return {}
+
+    def shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        x, _ = batch
+        loss = reconstruction_errors(x, self(x)).mean()
+        self.log_loss(loss, stage, len(x))
+        return loss
+
+    def log_loss(self, loss: torch.Tensor, stage: str, batch_size: int) -> None:
+        """Log the loss of a batch under the names shared by every model."""
+        if stage == "train":
+            # Per step as train/loss and per epoch as train/loss_epoch.
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=batch_size)
+            return
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log(f"{stage}/mse", loss / self.n_pixels, batch_size=batch_size, sync_dist=True)
+
+    def training_step(self, batch, batch_idx):
+        return self.shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx):
+        self.shared_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        if self.optimizer_config is None:
+            return None
+        return instantiate(self.optimizer_config, params=self.parameters())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lets autoexp.load_model pick the class without knowing the config.
+        checkpoint["autoexp_model"] = self.model_name

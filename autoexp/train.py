@@ -1,0 +1,163 @@
+"""`autoexp-train`: train one model on one data set, as composed by Hydra from conf/."""
+
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from autoexp.callbacks import HparamsLogger
+from autoexp.models import AutoencoderModule
+
+log = logging.getLogger(__name__)
+
+# The configs live in the repository's conf/ folder, next to the package. NOTE: this needs the
+# editable install that the Makefile makes; a wheel built from this tree carries no conf/.
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def versions() -> dict[str, str]:
+    """Return the versions that decide whether a run can be reproduced exactly."""
+    import hydra as hydra_package
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pl.__version__,
+        "hydra": hydra_package.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run_settings(cfg: DictConfig, model: AutoencoderModule) -> dict[str, Any]:
+    """Return the key settings of a run, listed in metrics.json and TensorBoard's HPARAMS tab."""
+    settings: dict[str, Any] = {
+        "model": model.model_name,
+        "data": cfg.data.name,
+        "latent_dim": model.latent_dim,
+        "seed": cfg.seed,
+        "batch_size": cfg.data.batch_size,
+        "max_epochs": cfg.trainer.max_epochs,
+    }
+    optimizer = model.optimizer_config
+    if optimizer is not None and "lr" in optimizer:
+        settings["lr"] = float(optimizer["lr"])
+    return settings
+
+
+def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
+    """Return ckpt_path as an absolute path; relative paths start at the launch folder."""
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).expanduser().absolute()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} not found: tried {path}")
+    return str(path)
+
+
+def make_callbacks(cfg: DictConfig, settings: dict[str, Any]) -> list[pl.Callback]:
+    callbacks = []
+    for name, callback_cfg in (cfg.get("callbacks") or {}).items():
+        if callback_cfg is None:
+            continue
+        callback = instantiate(callback_cfg)
+        if isinstance(callback, HparamsLogger):
+            callback.settings.update(settings)
+        callbacks.append(callback)
+        log.debug("Callback %s: %s", name, type(callback).__name__)
+    return callbacks
+
+
+def make_loggers(cfg: DictConfig) -> list:
+    return [instantiate(logger_cfg) for logger_cfg in (cfg.get("logger") or {}).values()]
+
+
+def best_checkpoint(trainer: pl.Trainer) -> str | None:
+    callback = trainer.checkpoint_callback
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        return callback.best_model_path
+    return None
+
+
+def write_metrics(path: Path, record: dict[str, Any]) -> None:
+    """Write metrics.json through a temporary file, so a reader never sees half of it."""
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    temporary.replace(path)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train, test and record one run described by a composed config.
+
+    Returns:
+        The final metrics by name (train/loss_epoch, val/loss, val/mse, test/loss, test/mse).
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
+    settings = run_settings(cfg, model)
+    callbacks = make_callbacks(cfg, settings)
+    trainer = instantiate(cfg.trainer, logger=make_loggers(cfg), callbacks=callbacks)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
+
+    n_parameters = sum(p.numel() for p in model.parameters())
+    log.info(
+        "Training %s (latent_dim=%d, %d parameters) on %s for up to %d epochs, seed %d",
+        model.model_name,
+        model.latent_dim,
+        n_parameters,
+        datamodule.name,
+        cfg.trainer.max_epochs,
+        cfg.seed,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_time = time.perf_counter() - start
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    if cfg.get("test", True):
+        results = trainer.test(
+            model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False
+        )
+        metrics.update({name: float(value) for name, value in results[0].items()})
+
+    if trainer.is_global_zero:
+        record = {
+            **settings,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "train_time_s": round(train_time, 3),
+            "n_parameters": n_parameters,
+            "metrics": metrics,
+            "best_checkpoint": best_checkpoint(trainer),
+            "overrides": list(HydraConfig.get().overrides.task),
+            "versions": versions(),
+        }
+        write_metrics(output_dir / "metrics.json", record)
+        summary = ", ".join(
+            f"{name}={metrics[name]:.5g}" for name in ("val/loss", "test/mse") if name in metrics
+        )
+        log.info("Finished in %.1f s: %s. Outputs in %s", train_time, summary, output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Run one training job; returns val/loss so that Hydra sweepers can optimise it."""
+    log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
+    metrics = train(cfg)
+    return metrics.get("val/loss")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,7 @@
 """The autoencoders, by config name, and loading any checkpoint autoexp wrote."""
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,7 +32,14 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         # Lightning checkpoints hold plain Python containers besides tensors.
         return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+    ) as error:
         raise ValueError(f"{path} is not a readable checkpoint ({error})") from error
 
 

@@ -1,0 +1,118 @@
+"""Splits, batch sampling and the data module on scikit-learn's digits."""
+
+import pytest
+import torch
+
+from autoexp.data import BatchIndexSampler, ImageDataModule, load_split, load_splits
+from autoexp.data import datamodule as datamodule_module
+
+
+def test_load_splits_digits_sizes():
+    splits = load_splits("digits", val_fraction=0.1, test_fraction=0.2, split_seed=0)
+    assert len(splits["test"]) == 359
+    assert len(splits["val"]) == 144
+    assert len(splits["train"]) == 1797 - 359 - 144
+    assert splits["train"].images.dtype == torch.uint8
+    assert splits["train"].images.shape[1:] == (1, 8, 8)
+
+
+def test_load_splits_seeded_and_disjoint():
+    first = load_splits("digits", split_seed=3)
+    again = load_splits("digits", split_seed=3)
+    other = load_splits("digits", split_seed=4)
+    for name in ("train", "val", "test"):
+        assert torch.equal(first[name].images, again[name].images)
+    assert not torch.equal(first["val"].images, other["val"].images)
+
+    # Rows of the digits array are distinct images except for a few duplicates, so compare
+    # the sets of flattened images and allow only the duplicates that the data set holds.
+    from sklearn.datasets import load_digits
+
+    all_rows = {row.tobytes() for row in load_digits().images.astype("uint8")}
+    n_duplicated = 1797 - len(all_rows)
+    rows = {
+        name: [bytes(image.flatten().tolist()) for image in first[name].images]
+        for name in ("train", "val", "test")
+    }
+    shared = (
+        set(rows["train"]) & set(rows["val"])
+        | set(rows["train"]) & set(rows["test"])
+        | set(rows["val"]) & set(rows["test"])
+    )
+    assert len(shared) <= n_duplicated
+    assert sum(len(r) for r in rows.values()) == 1797
+
+
+def test_load_split_float_range():
+    images = load_split("digits", "train")
+    assert images.dtype == torch.float32
+    assert images.shape[1:] == (1, 8, 8)
+    assert images.min() == 0.0
+    assert images.max() == 1.0
+
+
+def test_load_split_matches_data_module():
+    datamodule = ImageDataModule("digits")
+    datamodule.setup("fit")
+    for split in ("train", "val", "test"):
+        expected = datamodule.splits[split].to_float()
+        torch.testing.assert_close(load_split("digits", split), expected)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_load_splits_rejects_val_fraction(bad):
+    with pytest.raises(ValueError, match=rf"data.val_fraction={bad} must be in \(0, 1\)"):
+        load_splits("digits", val_fraction=bad)
+
+
+def test_load_split_rejects_unknown_names():
+    with pytest.raises(ValueError, match="data.name='cifar' is not a known data set"):
+        load_split("cifar", "train")
+    with pytest.raises(ValueError, match="split='dev' must be one of"):
+        load_split("digits", "dev")
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 100])
+def test_batch_sampler_covers_each_index_once(monkeypatch, world_size, n):
+    batches_per_rank = []
+    for rank in range(world_size):
+        monkeypatch.setattr(datamodule_module, "_world", lambda rank=rank: (rank, world_size))
+        sampler = BatchIndexSampler(n, batch_size=16, shuffle=True, seed=5)
+        sampler.set_epoch(2)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        batches_per_rank.append(batches)
+
+    counts = {len(batches) for batches in batches_per_rank}
+    assert len(counts) == 1, "ranks must see the same number of batches"
+    every_index = torch.cat([torch.cat(batches) for batches in batches_per_rank])
+    if n >= world_size:
+        assert all(len(batch) > 0 for batches in batches_per_rank for batch in batches)
+    assert torch.equal(every_index.sort().values, torch.arange(n))
+
+
+def test_batch_sampler_seeded_per_epoch():
+    sampler = BatchIndexSampler(50, batch_size=50, shuffle=True, seed=1)
+    sampler.set_epoch(0)
+    first = next(iter(sampler))
+    assert torch.equal(first, next(iter(sampler)))
+    sampler.set_epoch(1)
+    assert not torch.equal(first, next(iter(sampler)))
+
+
+def test_data_module_batches_are_float_in_unit_range():
+    datamodule = ImageDataModule("digits", batch_size=32)
+    datamodule.setup("fit")
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.dtype == torch.uint8
+    images, labels = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert images.dtype == torch.float32
+    assert images.shape == (32, 1, 8, 8)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert labels.shape == (32,)
+
+
+def test_data_module_rejects_bad_batch_size():
+    with pytest.raises(ValueError, match="data.batch_size=0 must be an integer >= 1"):
+        ImageDataModule("digits", batch_size=0)

@@ -11,11 +11,13 @@ import hydra
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger
 from autoexp.models import AutoencoderModule
+from autoexp.sweep import record_failure, register_resolvers
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +153,28 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+register_resolvers()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Run one training job; returns val/loss so that Hydra sweepers can optimise it."""
+    """Run one training job; returns val/loss so that Hydra sweepers can optimise it.
+
+    In a multirun, a job that fails records its error in `failure.json` in its own folder and
+    the sweep goes on; the sweep's summary callback then lists the failures and exits with 1.
+    """
     log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
-    metrics = train(cfg)
-    return metrics.get("val/loss")
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return train(cfg).get("val/loss")
+    try:
+        return train(cfg).get("val/loss")
+    except Exception as error:
+        path = record_failure(
+            Path(hydra_config.runtime.output_dir), error, list(hydra_config.overrides.task)
+        )
+        log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
+        return None
 
 
 if __name__ == "__main__":

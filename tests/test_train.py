@@ -108,6 +108,7 @@ def test_events_hold_images(digits_run):
     events = read_events(digits_run)
     assert set(events.Tags()["images"]) == {
         "images/reconstructions",
+        "figures/reconstructions",
         "filters/encoder",
         "filters/decoder",
     }

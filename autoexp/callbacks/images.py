@@ -35,7 +35,7 @@ def reconstruction_figure(images: torch.Tensor, reconstructions: torch.Tensor):
     for i in range(n):
         for row, picture in enumerate((images[i], reconstructions[i])):
             axis = axes[row, i]
-            axis.imshow(picture[0], cmap="gray", vmin=0.0, vmax=1.0)
+            axis.imshow(picture[0].numpy(), cmap="gray", vmin=0.0, vmax=1.0)
             axis.set_xticks([])
             axis.set_yticks([])
         axes[1, i].set_title(f"{errors[i]:.3g}", fontsize=8)

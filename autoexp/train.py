@@ -3,6 +3,8 @@
 import json
 import logging
 import platform
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger
+from autoexp.config import validate_config
 from autoexp.models import AutoencoderModule
 from autoexp.sweep import record_failure, register_resolvers
 
@@ -102,6 +105,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns:
         The final metrics by name (train/loss_epoch, val/loss, val/mse, test/loss, test/mse).
     """
+    validate_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -153,28 +157,55 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def remove_unused_run_dir(output_dir: Path) -> None:
+    """Delete a run folder that holds no checkpoint, events or metrics, only Hydra's files."""
+    if not output_dir.is_dir():
+        return
+    kept = {".hydra", "train.log", "hparams.yaml"}
+    if all(path.name in kept for path in output_dir.iterdir()):
+        shutil.rmtree(output_dir, ignore_errors=True)
+        log.info("Removed %s, which held no results", output_dir)
+
+
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Run one training job; returns val/loss so that Hydra sweepers can optimise it.
 
     In a multirun, a job that fails records its error in `failure.json` in its own folder and
     the sweep goes on; the sweep's summary callback then lists the failures and exits with 1.
+    A single run that fails before it wrote any result leaves no run folder behind.
     """
     log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
     if hydra_config.mode != RunMode.MULTIRUN:
-        return train(cfg).get("val/loss")
+        try:
+            return train(cfg).get("val/loss")
+        except Exception:
+            remove_unused_run_dir(output_dir)
+            raise
     try:
         return train(cfg).get("val/loss")
     except Exception as error:
-        path = record_failure(
-            Path(hydra_config.runtime.output_dir), error, list(hydra_config.overrides.task)
-        )
+        path = record_failure(output_dir, error, list(hydra_config.overrides.task))
         log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
         return None
+
+
+def main() -> None:
+    """Run `autoexp-train`: check the whole command line first, then start Hydra.
+
+    An invalid config exits with code 2 before Hydra creates a run folder.
+    """
+    from autoexp.config.command_line import check_command_line
+
+    exit_code = check_command_line(sys.argv[1:], CONFIG_DIR, "train")
+    if exit_code:
+        sys.exit(exit_code)
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -138,3 +138,37 @@ def load_split(name: str, split: str, root: str | Path | None = None) -> torch.T
         raise ValueError(f"split={split!r} must be one of {SPLITS}")
     test_fraction = 0.2 if name == "digits" else None
     return load_splits(name, root=root, test_fraction=test_fraction)[split].to_float()
+
+
+def _idx_item_count(path: Path) -> int:
+    """Return the item count in an IDX header (bytes 4..8), reading only the header."""
+    import gzip
+
+    with path.open("rb") as file:
+        is_gzip = file.read(2) == b"\x1f\x8b"
+    opener = gzip.open if is_gzip else open
+    with opener(path, "rb") as file:
+        header = file.read(8)
+    return int.from_bytes(header[4:8], "big")
+
+
+def count_training_images(
+    name: str, root: str | Path | None, val_fraction: float, test_fraction: float | None
+) -> int | None:
+    """Return the size of the training split without loading the images.
+
+    Returns None when the IDX files are not found or unreadable; loading the data then reports
+    the problem in full.
+    """
+    if name == "digits":
+        n_images = 1797
+        n_images -= round(test_fraction * n_images)
+    else:
+        from autoexp.data.sources import find_idx_files
+
+        try:
+            paths = find_idx_files(name, root if root is not None else "data")
+            n_images = _idx_item_count(paths["train_labels"])
+        except (FileNotFoundError, OSError, EOFError, ValueError):
+            return None
+    return n_images - round(val_fraction * n_images)

@@ -1,0 +1,143 @@
+"""Checks of `autoexp-train`'s command line, before Hydra creates any run folder."""
+
+import itertools
+import re
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from autoexp.config.validation import ConfigError, leaf_keys, suggestion, validate_config
+
+# Exit code for an invalid command line or config, as argparse uses.
+USAGE_ERROR = 2
+
+# Hydra flags that print something and run no job.
+INFORMATIONAL_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", "version")
+
+
+def _compose(config_dir: str, config_name: str, overrides: list[str], extra_dir: str | None):
+    GlobalHydra.instance().clear()
+    if extra_dir:
+        overrides = [*overrides, f"hydra.searchpath=[file://{extra_dir}]"]
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    # Hydra sets the run folder only when the job starts, and nothing may create it before, so
+    # interpolations of ${hydra:runtime.output_dir} resolve to a placeholder during the checks.
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = "RUN_FOLDER"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _explain_composition_error(error: HydraException, compose_groups_only) -> str:
+    message = str(error).strip()
+    unknown = re.match(r"Could not override '([^']+)'", message)
+    if unknown:
+        key = unknown.group(1)
+        try:
+            candidates = list(leaf_keys(compose_groups_only()))
+        except HydraException:
+            candidates = []
+        hint = suggestion(key, candidates)
+        return f"{key}: unknown key{hint or ''}; to add a new key, write +{key}=VALUE"
+    missing = re.match(r"In '[^']+': Could not find '([^/']+)/([^']+)'", message)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
+        hint = suggestion(option, options)
+        return f"{group}={option}: no such option of group '{group}'{hint}; options: {options}"
+    return " ".join(message.split())
+
+
+def _sweep_values(override) -> list[str]:
+    key = override.get_key_element()
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
+
+
+def _job_overrides(overrides: list[str], cfg: DictConfig, multirun: bool) -> list[list[str]]:
+    """Return the overrides of each job: one job unless this is a multirun sweep."""
+    if not multirun:
+        return [overrides]
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    command_line_keys = {override.get_key_element() for override in parsed}
+    from_config = parser.parse_overrides(
+        [f"{key}={value}" for key, value in params.items() if key not in command_line_keys]
+    )
+    choices = []
+    for override in [*from_config, *parsed]:
+        if override.is_sweep_override():
+            choices.append(_sweep_values(override))
+        else:
+            choices.append([override.input_line])
+    return [list(combination) for combination in itertools.product(*choices)]
+
+
+def check_command_line(argv: list[str], config_dir: str, config_name: str) -> int:
+    """Compose and validate the config of every job that `argv` would run.
+
+    Prints one line per problem to stderr. Returns 0 when the jobs may start, else
+    USAGE_ERROR. In a multirun, combinations that are invalid while others are valid only get
+    a warning: those jobs fail on their own and the rest of the sweep runs.
+    """
+    args = get_args_parser().parse_args(argv)
+    if any(getattr(args, flag, None) for flag in INFORMATIONAL_FLAGS):
+        return 0
+    name = args.config_name or config_name
+    overrides = list(args.overrides)
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as error:
+        return report([" ".join(str(error).split())])
+
+    fixed = [o.input_line for o in parsed if not (args.multirun and o.is_sweep_override())]
+    groups_only = [o.input_line for o in parsed if "." not in o.get_key_element()]
+
+    def compose_groups_only():
+        return _compose(
+            config_dir, name, [g for g in groups_only if "," not in g], args.config_dir
+        )
+
+    try:
+        base = _compose(config_dir, name, fixed, args.config_dir)
+        jobs = _job_overrides(overrides, base, args.multirun)
+    except (ConfigCompositionException, MissingConfigException, HydraException) as error:
+        return report([_explain_composition_error(error, compose_groups_only)])
+
+    failures: dict[str, list[str]] = {}
+    for job in jobs:
+        try:
+            cfg = _compose(config_dir, name, job, args.config_dir)
+            validate_config(cfg)
+        except ConfigError as error:
+            failures[",".join(job)] = error.problems
+        except (ConfigCompositionException, MissingConfigException, HydraException) as error:
+            failures[",".join(job)] = [_explain_composition_error(error, compose_groups_only)]
+
+    if not failures:
+        return 0
+    if len(failures) < len(jobs):
+        for job, problems in failures.items():
+            for problem in problems:
+                print(f"autoexp-train: warning: job {job} will fail: {problem}", file=sys.stderr)
+        return 0
+    first_problems = next(iter(failures.values()))
+    return report(first_problems)
+
+
+def report(problems: list[str]) -> int:
+    for problem in problems:
+        print(f"autoexp-train: error: {problem}", file=sys.stderr)
+    print("autoexp-train: nothing was run; fix the config and try again", file=sys.stderr)
+    return USAGE_ERROR

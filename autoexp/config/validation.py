@@ -1,0 +1,216 @@
+"""Checks of a composed config, run before anything is created, downloaded or trained.
+
+Each problem becomes one line that names the full key, the value given and what is expected.
+"""
+
+import difflib
+import math
+import typing
+from collections.abc import Iterator
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+from autoexp.config.schema import PathsSchema, TopLevelSchema, target_schema
+
+CONFIG_GROUPS = ("data", "model", "trainer", "logger", "callbacks", "paths")
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message has one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def describe_type(kind: Any) -> str:
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if kind in names:
+        return names[kind]
+    arguments = [argument for argument in typing.get_args(kind) if argument is not type(None)]
+    if typing.get_origin(kind) is list:
+        return f"a list of {describe_type(arguments[0]).removeprefix('an ').removeprefix('a ')}s"
+    if len(arguments) == 1:
+        return f"null or {describe_type(arguments[0])}"
+    return str(kind)
+
+
+def suggestion(key: str, candidates: list[str]) -> str:
+    """Return "; did you mean 'x'?" for the closest candidate, or "" when none is close."""
+    matches = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    return f"; did you mean '{matches[0]}'?" if matches else ""
+
+
+def raw_value(node: DictConfig, key: str) -> Any:
+    child = node._get_node(key)
+    if isinstance(child, DictConfig | ListConfig):
+        return OmegaConf.to_container(child)
+    return child._value()
+
+
+def check_node(node: DictConfig, schema: type, prefix: str, accepts_any_key: bool) -> list[str]:
+    """Return the unknown keys and wrong value types of one node under a dataclass schema."""
+    problems = []
+    fields = schema.__dataclass_fields__
+    public = sorted(name for name in fields if not name.startswith("_"))
+    structured = OmegaConf.structured(schema)
+    for key in node.keys():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in fields:
+            if not accepts_any_key:
+                hint = suggestion(
+                    path, [f"{prefix}.{name}" if prefix else name for name in public]
+                )
+                problems.append(f"{path}: unknown key{hint or f' (valid keys: {public})'}")
+            continue
+        if OmegaConf.is_interpolation(node, key) or OmegaConf.is_missing(node, key):
+            continue
+        value = raw_value(node, key)
+        try:
+            structured[key] = value
+        except ValidationError:
+            expected = describe_type(fields[key].type)
+            problems.append(f"{path}={value!r} is invalid: expected {expected}")
+    return problems
+
+
+def target_nodes(node: Any, prefix: str) -> Iterator[tuple[str, DictConfig]]:
+    """Yield each node at or below `node` that has a `_target_`, with its dotted path."""
+    if not isinstance(node, DictConfig):
+        return
+    if "_target_" in node:
+        yield prefix, node
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            yield from target_nodes(child, f"{prefix}.{key}")
+
+
+def check_schema(cfg: DictConfig) -> list[str]:
+    """Return unknown keys and wrong value types, checked against each group's schema."""
+    top_level = OmegaConf.masked_copy(
+        cfg, [key for key in cfg.keys() if key not in (*CONFIG_GROUPS, "hydra")]
+    )
+    problems = check_node(top_level, TopLevelSchema, "", accepts_any_key=False)
+    if isinstance(cfg.get("paths"), DictConfig):
+        problems += check_node(cfg.paths, PathsSchema, "paths", accepts_any_key=False)
+
+    for group in ("data", "model", "trainer", "logger", "callbacks"):
+        for path, node in target_nodes(cfg._get_node(group) if group in cfg else None, group):
+            target = raw_value(node, "_target_")
+            try:
+                schema = target_schema(target)
+            except (ImportError, ValueError) as error:
+                problems.append(f"{path}._target_={target!r} cannot be imported: {error}")
+                continue
+            problems += check_node(node, schema.schema, path, schema.accepts_any_key)
+    return problems
+
+
+def leaf_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            yield from leaf_keys(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, ListConfig):
+        yield prefix
+    else:
+        yield prefix
+
+
+def check_resolvable(cfg: DictConfig) -> list[str]:
+    """Return the missing mandatory values (`???`) and the interpolations that fail."""
+    problems = []
+    for key in leaf_keys(cfg):
+        # Hydra fills these in when the job starts.
+        if key.startswith("hydra.") or key == "paths.output_dir":
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if isinstance(parent, DictConfig) and OmegaConf.is_missing(parent, leaf):
+            problems.append(f"{key}: missing mandatory value (???); set it with {key}=VALUE")
+            continue
+        try:
+            OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+        except OmegaConfBaseException as error:
+            detail = str(error).splitlines()[0]
+            problems.append(f"{key}: interpolation failed to resolve: {detail}")
+    return problems
+
+
+def model_name(cfg: DictConfig) -> str | None:
+    from autoexp.models import MODELS
+
+    target = str(OmegaConf.select(cfg, "model._target_", default="")).rsplit(".", 1)[-1]
+    names = [name for name, model_class in MODELS.items() if model_class.__name__ == target]
+    return names[0] if names else None
+
+
+def check_values(cfg: DictConfig) -> list[str]:
+    """Return out-of-range values and model limits that the data set breaks."""
+    from autoexp.data.splits import DATASETS, IMAGE_SHAPES, count_training_images
+
+    problems = []
+    data, model, trainer = cfg.get("data"), cfg.get("model"), cfg.get("trainer")
+    latent_dim = model.get("latent_dim") if model is not None else None
+    if latent_dim is not None and latent_dim < 1:
+        problems.append(f"model.latent_dim={latent_dim} must be >= 1")
+    lr = OmegaConf.select(cfg, "model.optimizer.lr", default=None)
+    if isinstance(lr, int | float) and not lr > 0:
+        problems.append(f"model.optimizer.lr={lr} must be > 0, for example 1e-3")
+    if trainer is not None:
+        max_epochs = trainer.get("max_epochs")
+        if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
+            problems.append(f"trainer.max_epochs={max_epochs} must be >= 1 (or -1 for no limit)")
+    if data is None:
+        return problems
+
+    for key in ("batch_size", "eval_batch_size"):
+        if data.get(key) is not None and data[key] < 1:
+            problems.append(f"data.{key}={data[key]} must be >= 1")
+    val_fraction = data.get("val_fraction")
+    if val_fraction is not None and not 0 < val_fraction < 1:
+        problems.append(f"data.val_fraction={val_fraction} must be in (0, 1), for example 0.1")
+    name = data.get("name")
+    if name not in DATASETS:
+        problems.append(f"data.name={name!r} is not a known data set; use one of {DATASETS}")
+        return problems
+    test_fraction = data.get("test_fraction")
+    if name == "digits" and (test_fraction is None or not 0 < test_fraction < 1):
+        problems.append(
+            f"data.test_fraction={test_fraction} must be in (0, 1) for digits, which has no "
+            "test split of its own; for example 0.2"
+        )
+    if problems or latent_dim is None or latent_dim < 1:
+        return problems
+
+    n_pixels = math.prod(IMAGE_SHAPES[name])
+    n_train = count_training_images(name, data.get("root"), val_fraction, test_fraction)
+    kind = model_name(cfg)
+    if kind == "linear_pca_ae" and latent_dim > n_pixels:
+        problems.append(
+            f"model.latent_dim={latent_dim} must be <= {n_pixels}, the number of pixels of "
+            f"{name} images, for linear_pca_ae; choose fewer components"
+        )
+    limit_by_images = kind in ("linear_pca_ae", "kmeans_ae")
+    if limit_by_images and n_train is not None and latent_dim > n_train:
+        what = "clusters" if kind == "kmeans_ae" else "components"
+        problems.append(
+            f"model.latent_dim={latent_dim} ({what}) must be <= {n_train}, the number of "
+            f"training images of {name}, for {kind}; choose a smaller model.latent_dim"
+        )
+    return problems
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check a composed training config.
+
+    Raises:
+        ConfigError: One or more problems, each on a line naming the key, value and fix.
+    """
+    problems = check_schema(cfg) + check_resolvable(cfg)
+    if not problems:
+        problems = check_values(cfg)
+    if problems:
+        raise ConfigError(problems)

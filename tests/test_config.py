@@ -1,0 +1,96 @@
+"""Config validation: typed schemas, ranges, model limits, and the command line's exit code."""
+
+from pathlib import Path
+
+import pytest
+
+from autoexp.config import ConfigError, validate_config
+from autoexp.config.command_line import check_command_line
+from autoexp.config.schema import omegaconf_type
+from autoexp.train import CONFIG_DIR
+from tests.conftest import run_cli
+
+# (overrides, text expected in the error); each must exit with code 2 and create nothing.
+INVALID_COMMAND_LINES = [
+    (["model.latent_dim=eight"], "model.latent_dim='eight' is invalid: expected an integer"),
+    (["model.latent_dimm=3"], "model.latent_dimm: unknown key; did you mean 'model.latent_dim'?"),
+    (["trainr.max_epochs=3"], "did you mean 'trainer.max_epochs'?"),
+    (["model=mlp"], "model=mlp: no such option of group 'model'; did you mean 'mlp_ae'?"),
+    (["+model.foo=1"], "model.foo: unknown key"),
+    (["model.optimizer.lr=0"], "model.optimizer.lr=0 must be > 0"),
+    (["model.latent_dim=0"], "model.latent_dim=0 must be >= 1"),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be in (0, 1)"),
+    (["data.batch_size=0"], "data.batch_size=0 must be >= 1"),
+    (["data.download=maybe"], "data.download='maybe' is invalid: expected true or false"),
+    (["model.hidden_dims=[a,b]"], "expected a list of integers"),
+    (
+        ["model=linear_pca_ae", "model.latent_dim=65"],
+        "model.latent_dim=65 must be <= 64, the number of pixels of digits images",
+    ),
+    (
+        ["model=kmeans_ae", "model.latent_dim=1295"],
+        "model.latent_dim=1295 (clusters) must be <= 1294, the number of training images",
+    ),
+    (["seed=${nope}"], "seed: interpolation failed to resolve"),
+    (["seed=???"], "seed: missing mandatory value"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "expected"), INVALID_COMMAND_LINES)
+def test_check_command_line_rejects(tmp_path, monkeypatch, capsys, overrides, expected):
+    monkeypatch.chdir(tmp_path)
+    assert check_command_line(overrides, CONFIG_DIR, "train") == 2
+    assert expected in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "an invalid config must create no folder"
+
+
+@pytest.mark.parametrize(("overrides", "expected"), INVALID_COMMAND_LINES[:2])
+def test_cli_rejects_invalid_config(tmp_path, overrides, expected):
+    result = run_cli(["-m", "autoexp.train", *overrides], cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [], "an invalid config must create no folder"
+
+
+def test_check_command_line_rejects_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["-m", "model=linear_pca_ae", "model.latent_dim=65,100"]
+    assert check_command_line(argv, CONFIG_DIR, "train") == 2
+    assert "model.latent_dim=65 must be <= 64" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_command_line_warns_partial_sweep(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["-m", "model=linear_pca_ae", "model.latent_dim=8,65"]
+    assert check_command_line(argv, CONFIG_DIR, "train") == 0
+    err = capsys.readouterr().err
+    assert "warning: job model=linear_pca_ae,model.latent_dim=65 will fail" in err
+
+
+def test_check_command_line_skips_help(capsys):
+    assert check_command_line(["--help"], CONFIG_DIR, "train") == 0
+    assert check_command_line(["--cfg", "job", "model.latent_dim=eight"], CONFIG_DIR, "train") == 0
+
+
+def test_validate_config_lists_every_problem(train_config):
+    cfg = train_config("model.latent_dim=0", "data.val_fraction=2")
+    with pytest.raises(ConfigError, match="model.latent_dim=0 must be >= 1") as raised:
+        validate_config(cfg)
+    assert len(raised.value.problems) == 2
+    assert "data.val_fraction=2" in raised.value.problems[1]
+
+
+@pytest.mark.parametrize("model", ["mlp_ae", "linear_pca_ae", "kmeans_ae"])
+def test_validate_config_accepts_defaults(train_config, model):
+    validate_config(train_config(f"model={model}"))
+
+
+def test_omegaconf_type_maps_annotations():
+    assert omegaconf_type(int) is int
+    assert str(omegaconf_type(float | None)) == "typing.Optional[float]"
+    assert omegaconf_type(int | float) is float
+    assert omegaconf_type(list[int] | tuple[int, ...]) == list[int]
+    assert omegaconf_type(tuple[int, int, int]) is not list[int]
+    assert omegaconf_type(str | Path | None) is not str

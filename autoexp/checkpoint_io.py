@@ -1,0 +1,120 @@
+"""Checkpoint files: written atomically, and checked before a run resumes from one."""
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from autoexp.models import AutoencoderModule, checkpoint_model_name, read_checkpoint
+
+# Hyperparameters left out of the differences listed for a checkpoint that does not fit the
+# config, because a resumed run may change them: they shape no tensor of the model.
+RESUMABLE_CHANGES = ("optimizer", "lr_scheduler")
+
+
+def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Write a checkpoint to a temporary file in the target folder, then rename it into place.
+
+    os.replace is atomic within one file system, so a reader sees either the previous file or
+    the complete new one. On any error, KeyboardInterrupt included, the temporary file is
+    deleted. NOTE: a process killed by SIGKILL during the write leaves a `.<name>.*.tmp` file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        # Mode "xb" creates the file with the usual permissions (0o666 less the umask).
+        with open(temporary, "xb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning CheckpointIO plugin that writes every checkpoint with `save_atomically`.
+
+    Every checkpoint that the Trainer writes goes through its CheckpointIO: ModelCheckpoint's
+    last and best files and `trainer.save_checkpoint`. Pass it to the Trainer in `plugins`.
+    Remote paths (fsspec URLs) are written by TorchCheckpointIO as before.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or fsspec.utils.get_protocol(str(path)) != "file":
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        save_atomically(checkpoint, path)
+
+
+def _tensor_mismatches(checkpoint: dict, model: AutoencoderModule) -> list[str]:
+    saved = checkpoint.get("state_dict") or {}
+    expected = model.state_dict()
+    mismatches = [f"{name} is missing" for name in expected if name not in saved]
+    mismatches += [f"{name} is unexpected" for name in saved if name not in expected]
+    for name, tensor in expected.items():
+        if name in saved and tuple(saved[name].shape) != tuple(tensor.shape):
+            mismatches.append(
+                f"{name} has shape {tuple(saved[name].shape)}, the config gives "
+                f"{tuple(tensor.shape)}"
+            )
+    return mismatches
+
+
+def _hyperparameter_changes(checkpoint: dict, model: AutoencoderModule) -> list[str]:
+    saved = checkpoint.get("hyper_parameters") or {}
+    return [
+        f"model.{key}={value!r} in the checkpoint, {model.hparams.get(key)!r} in the config"
+        for key, value in saved.items()
+        if key not in RESUMABLE_CHANGES and value != model.hparams.get(key)
+    ]
+
+
+def check_resume_checkpoint(path: str | Path, model: AutoencoderModule | None = None) -> None:
+    """Check that training can resume from a checkpoint, before anything else is done.
+
+    Args:
+        path: The checkpoint file.
+        model: The model that the config builds; None checks only that the file is a
+            readable autoexp checkpoint with training state.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is not readable by torch.load, was not written by autoexp-train,
+            contains no training state, or contains another model type or other tensor shapes
+            than the config's model. The message names the file.
+    """
+    path = Path(path).expanduser().absolute()
+    checkpoint = read_checkpoint(path)
+    name = checkpoint_model_name(checkpoint, path)
+    missing = [key for key in ("state_dict", "loops", "global_step") if key not in checkpoint]
+    if missing:
+        raise ValueError(
+            f"ckpt_path={path} contains no training state (missing {', '.join(missing)}), so "
+            "training cannot resume from it; pass a checkpoint written by autoexp-train, such "
+            "as <run folder>/checkpoints/last.ckpt"
+        )
+    if model is None:
+        return
+    if name != model.model_name:
+        raise ValueError(
+            f"ckpt_path={path} is a checkpoint of model {name}, but the config trains "
+            f"{model.model_name}; pass model={name} to resume it, or a checkpoint of "
+            f"{model.model_name}"
+        )
+    mismatches = _tensor_mismatches(checkpoint, model)
+    if mismatches:
+        changes = _hyperparameter_changes(checkpoint, model)
+        raise ValueError(
+            f"ckpt_path={path} does not fit the {name} model of the config: "
+            + "; ".join(mismatches[:3])
+            + (f" (settings that differ: {'; '.join(changes)})" if changes else "")
+            + ". Pass the model settings of the run that wrote it (its .hydra/config.yaml)."
+        )

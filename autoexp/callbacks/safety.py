@@ -1,0 +1,227 @@
+"""Callbacks that end a run without losing work: on a non-finite loss and on SIGTERM or SIGINT."""
+
+import logging
+import shlex
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+log = logging.getLogger(__name__)
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss, the validation loss or a weight became NaN or infinite."""
+
+
+class TrainingInterrupted(SystemExit):
+    """SIGTERM or SIGINT stopped training; the exit code is 128 plus the signal number.
+
+    It derives from SystemExit, so that it ends a whole sweep instead of one job.
+    """
+
+
+def saved_checkpoint(trainer: pl.Trainer) -> str | None:
+    """Return the newest checkpoint that the ModelCheckpoint callback wrote, or None."""
+    callback = trainer.checkpoint_callback
+    for path in (
+        getattr(callback, "last_model_path", ""),
+        getattr(callback, "best_model_path", ""),
+    ):
+        if path and Path(path).is_file():
+            return path
+    return None
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> tuple[str, float] | None:
+    """Return the name and one bad value of the first tensor that contains NaN or infinity."""
+    for name, tensor in state_dict.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+            bad = tensor[~torch.isfinite(tensor)]
+            if bad.numel():
+                return name, bad[0].item()
+    return None
+
+
+class NonFiniteLossCheck(pl.Callback):
+    """Stops training with TrainingDivergedError when the loss or a weight is NaN or infinite.
+
+    The training loss is checked after each batch and the validation loss after each
+    validation. The weights are checked in `on_save_checkpoint`, which Lightning calls before a
+    checkpoint is written, so a diverged model never replaces `last.ckpt`. Under DDP the ranks
+    reduce the training loss first, so that they all stop at the same batch.
+
+    Args:
+        val_metric: Validation metric to check; it must be logged with sync_dist=True.
+    """
+
+    def __init__(self, val_metric: str = "val/loss"):
+        self.val_metric = val_metric
+        self._step = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The step at which TensorBoard shows this batch's train/loss.
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        loss = loss.detach()
+        if trainer.world_size > 1:
+            # The mean is NaN or infinite as soon as one rank's loss is.
+            loss = trainer.strategy.reduce(loss, reduce_op="mean")
+        if not torch.isfinite(loss):
+            where = f"at step {self._step} (epoch {trainer.current_epoch})"
+            raise TrainingDivergedError(
+                self._message(trainer, pl_module, "train/loss", loss, where)
+            )
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.val_metric)
+        if trainer.sanity_checking or value is None or torch.isfinite(value):
+            return
+        where = f"after step {trainer.global_step} (epoch {trainer.current_epoch})"
+        raise TrainingDivergedError(
+            self._message(trainer, pl_module, self.val_metric, value, where)
+        )
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        bad = first_non_finite(checkpoint.get("state_dict", {}))
+        if bad is None:
+            return
+        name, value = bad
+        where = f"after step {trainer.global_step} (epoch {trainer.current_epoch})"
+        raise TrainingDivergedError(
+            self._message(trainer, pl_module, f"weight {name}", value, where)
+            + "; the checkpoint with these weights was not written"
+        )
+
+    @staticmethod
+    def _message(trainer, pl_module, name: str, value: Any, where: str) -> str:
+        if isinstance(value, torch.Tensor):
+            value = value.item()
+        checkpoint = saved_checkpoint(trainer)
+        kept = (
+            f"the last good checkpoint is {checkpoint}"
+            if checkpoint
+            else "no checkpoint was saved yet"
+        )
+        optimizer = getattr(pl_module, "optimizer_config", None) or {}
+        if "lr" in optimizer:
+            fix = f"lower model.optimizer.lr (now {optimizer['lr']:g})"
+        else:
+            fix = "check the data and the model settings"
+        return f"{name}={value} {where}: training diverged; {kept}; {fix}"
+
+
+def launch_overrides() -> list[str]:
+    """Return the command-line overrides of the current Hydra job, or [] outside Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    return list(HydraConfig.get().overrides.task)
+
+
+def resume_command(overrides: list[str], checkpoint: str | Path) -> str:
+    """Return the autoexp-train command that resumes a run from a checkpoint."""
+    kept = [item for item in overrides if item.partition("=")[0].lstrip("+~") != "ckpt_path"]
+    return shlex.join(["autoexp-train", *kept, f"ckpt_path={checkpoint}"])
+
+
+class InterruptCheckpoint(pl.Callback):
+    """Saves a checkpoint and stops training on SIGTERM or SIGINT.
+
+    The handlers are installed when training starts, in every process of the run, and the
+    previous ones are restored when training ends. A signal only sets a flag. At the next end
+    of a training batch every rank saves `<dirpath>/<filename>` through the trainer, so
+    atomically with AtomicCheckpointIO. Rank zero then logs the command that resumes the run,
+    and TrainingInterrupted ends the process with exit code 128 plus the signal number. A
+    second signal ends it at once, without a checkpoint.
+
+    Args:
+        dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
+            `checkpoints/` in the trainer's default_root_dir.
+        filename: Name of the checkpoint file.
+    """
+
+    def __init__(self, dirpath: str | Path | None = None, filename: str = "interrupted.ckpt"):
+        self.dirpath = dirpath
+        self.filename = filename
+        # Read here, in the launching process: DDP workers started by spawn have no Hydra config.
+        self.overrides = launch_overrides()
+        self._signum: int | None = None
+        self._previous_handlers: dict[int, Any] = {}
+
+    def checkpoint_path(self, trainer: pl.Trainer) -> Path:
+        dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
+        if dirpath is None:
+            dirpath = Path(trainer.default_root_dir) / "checkpoints"
+        return Path(dirpath).expanduser().absolute() / self.filename
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Installed after Lightning's own SIGTERM handler, which would end the run with exit
+        # code 0 and no checkpoint.
+        if threading.current_thread() is not threading.main_thread():
+            log.debug("Not handling SIGTERM and SIGINT: training runs outside the main thread")
+            return
+        self._signum = signal.SIGTERM if trainer.received_sigterm else None
+        for signum in HANDLED_SIGNALS:
+            self._previous_handlers[signum] = signal.signal(signum, self._handle_signal)
+
+    def _handle_signal(self, signum: int, frame) -> None:
+        if self._signum is None:
+            self._signum = signum
+            return
+        self._restore_handlers()
+        raise TrainingInterrupted(128 + signum)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def _stop_requested(self, trainer: pl.Trainer) -> bool:
+        requested = self._signum is not None
+        if trainer.world_size > 1:
+            # All ranks stop at the same batch, even when only some received the signal.
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        return requested
+
+    def _save_and_exit(self, trainer: pl.Trainer) -> None:
+        signum = self._signum or signal.SIGTERM
+        path = self.checkpoint_path(trainer)
+        trainer.save_checkpoint(path)
+        self._restore_handlers()
+        if trainer.is_global_zero:
+            source = signal.Signals(signum).name if self._signum else "a signal to another rank"
+            log.warning(
+                "Training stopped by %s at step %d (epoch %d); checkpoint saved to %s. "
+                "Resume with: %s",
+                source,
+                trainer.global_step,
+                trainer.current_epoch,
+                path,
+                resume_command(self.overrides, path),
+            )
+        raise TrainingInterrupted(128 + signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._stop_requested(trainer):
+            self._save_and_exit(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # A signal during the last validation has no later batch end to act on.
+        try:
+            if self._stop_requested(trainer):
+                self._save_and_exit(trainer)
+        finally:
+            self._restore_handlers()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_handlers()

@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger
+from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import validate_config
 from autoexp.models import AutoencoderModule
 from autoexp.sweep import record_failure, register_resolvers
@@ -58,13 +59,18 @@ def run_settings(cfg: DictConfig, model: AutoencoderModule) -> dict[str, Any]:
     return settings
 
 
-def resolve_ckpt_path(ckpt_path: str | None) -> str | None:
-    """Return ckpt_path as an absolute path; relative paths start at the launch folder."""
+def resolve_ckpt_path(ckpt_path: str | None, model: AutoencoderModule | None = None) -> str | None:
+    """Return ckpt_path as an absolute path; relative paths start at the launch folder.
+
+    The file is read and checked first: an unreadable or foreign checkpoint, or one of another
+    model type or shape than `model`, raises ValueError naming it (see check_resume_checkpoint).
+    """
     if ckpt_path is None:
         return None
     path = Path(ckpt_path).expanduser().absolute()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path!r} not found: tried {path}")
+    check_resume_checkpoint(path, model)
     return str(path)
 
 
@@ -111,10 +117,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), model)
     settings = run_settings(cfg, model)
     callbacks = make_callbacks(cfg, settings)
     trainer = instantiate(cfg.trainer, logger=make_loggers(cfg), callbacks=callbacks)
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"))
 
     n_parameters = sum(p.numel() for p in model.parameters())
     log.info(

@@ -60,9 +60,31 @@ def job_name(overrides: list[str]) -> str:
     return ",".join(item for _, _, item in items) or "default"
 
 
+def reserve_run_dir(path: str) -> str:
+    """Create the run folder `path`, or `path_1`, `path_2`... when it exists, and return it.
+
+    Creating the folder claims it, so two runs started in the same second get distinct folders.
+    """
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, suffix = base, 0
+    while True:
+        try:
+            candidate.mkdir()
+            return str(candidate)
+        except FileExistsError:
+            suffix += 1
+            candidate = base.with_name(f"{base.name}_{suffix}")
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("autoexp.job_name"):
         OmegaConf.register_new_resolver("autoexp.job_name", job_name)
+    if not OmegaConf.has_resolver("autoexp.reserve_run_dir"):
+        # Cached, so that resolving hydra.run.dir again returns the same folder.
+        OmegaConf.register_new_resolver(
+            "autoexp.reserve_run_dir", reserve_run_dir, use_cache=True
+        )
 
 
 def describe_error(error: BaseException) -> str:

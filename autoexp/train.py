@@ -204,13 +204,39 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def main() -> None:
     """Run `autoexp-train`: check the whole command line first, then start Hydra.
 
-    An invalid config exits with code 2 before Hydra creates a run folder.
+    An invalid config exits with code 2 before Hydra creates a run folder. A `ckpt_path` is
+    resolved here, so that a resumed run continues in the folder of its checkpoint.
     """
-    from autoexp.config.command_line import check_command_line
+    from hydra._internal.utils import get_args_parser
 
-    exit_code = check_command_line(sys.argv[1:], CONFIG_DIR, "train")
+    from autoexp.config.command_line import check_command_line, report
+    from autoexp.resume import ResumeError, prepare_resume
+
+    args = sys.argv[1:]
+    exit_code = check_command_line(args, CONFIG_DIR, "train")
     if exit_code:
         sys.exit(exit_code)
+
+    parsed = get_args_parser().parse_args(args)
+    log_dirs = [
+        item.partition("=")[2] for item in parsed.overrides if item.startswith("paths.log_dir=")
+    ]
+    log_dir = Path(log_dirs[-1] if log_dirs else "outputs")
+    try:
+        overrides = prepare_resume(list(parsed.overrides), log_dir, parsed.multirun)
+    except ResumeError as error:
+        sys.exit(report([str(error)]))
+    if overrides != parsed.overrides:
+        # Replace the ckpt_path argument in place and add the run folder at the end.
+        resolved = {item.partition("=")[0]: item for item in overrides}
+        args = [
+            resolved.get(item.partition("=")[0], item) if item in parsed.overrides else item
+            for item in args
+        ]
+        args += [
+            item for item in overrides if item.startswith("hydra.run.dir=") and item not in args
+        ]
+        sys.argv = [sys.argv[0], *args]
     hydra_main()
 
 

@@ -1,0 +1,104 @@
+"""`ckpt_path` on the command line: `last`, relative paths, and resuming in the same folder."""
+
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+# Overrides that may change between the legs of one run without making it another config.
+RESUME_FREE_KEYS = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps")
+
+
+class ResumeError(ValueError):
+    """A `ckpt_path` that cannot be resumed from."""
+
+
+def comparable_overrides(overrides: list[str]) -> list[str]:
+    kept = []
+    for override in overrides:
+        key = override.partition("=")[0].lstrip("+~")
+        if key.startswith("hydra") or key in RESUME_FREE_KEYS:
+            continue
+        kept.append(override)
+    return sorted(kept)
+
+
+def find_last_checkpoint(log_dir: Path, overrides: list[str]) -> Path:
+    """Return `checkpoints/last.ckpt` of the newest single run launched with the same overrides.
+
+    Runs are the folders `log_dir/<date>/<time>`; overrides of ckpt_path, trainer.max_epochs
+    and trainer.max_steps are ignored in the comparison.
+
+    Raises:
+        ResumeError: No such run has a last checkpoint.
+    """
+    wanted = comparable_overrides(overrides)
+    candidates = []
+    for overrides_file in log_dir.glob("*/*/.hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            continue
+        saved = [str(item) for item in OmegaConf.load(overrides_file)]
+        if comparable_overrides(saved) == wanted:
+            candidates.append((checkpoint.stat().st_mtime, checkpoint))
+    if not candidates:
+        shown = " ".join(wanted) or "(no overrides)"
+        raise ResumeError(
+            f"ckpt_path=last: no earlier run with overrides {shown} and a "
+            f"checkpoints/last.ckpt was found under {log_dir.absolute()}; start the run "
+            "without ckpt_path first, or pass ckpt_path=PATH"
+        )
+    return max(candidates)[1]
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """Return the run folder that wrote a checkpoint, or None for a file outside any run."""
+    run_dir = checkpoint.parent.parent
+    if checkpoint.parent.name == "checkpoints" and (run_dir / ".hydra").is_dir():
+        return run_dir
+    return None
+
+
+def keep_previous_config(run_dir: Path) -> Path:
+    """Copy the run's .hydra files aside before the resumed leg writes its own there."""
+    target = run_dir / ".hydra" / f"before-resume-{time.strftime('%Y-%m-%d_%H-%M-%S')}"
+    target.mkdir(parents=True, exist_ok=True)
+    for path in (run_dir / ".hydra").glob("*.yaml"):
+        shutil.copy2(path, target / path.name)
+    return target
+
+
+def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[str]:
+    """Return the overrides with ckpt_path made absolute, plus hydra.run.dir of its run.
+
+    `ckpt_path=last` becomes the newest matching run's last checkpoint. A single run resumed
+    from a checkpoint that a run folder holds continues in that folder, so its TensorBoard
+    run, checkpoints and metrics.json stay in one place.
+
+    Raises:
+        ResumeError: `ckpt_path=last` finds no run, or the file does not exist.
+    """
+    index = next(
+        (i for i, item in enumerate(overrides) if item.partition("=")[0] == "ckpt_path"), None
+    )
+    if index is None:
+        return overrides
+    value = overrides[index].partition("=")[2]
+    if value in ("", "null"):
+        return overrides
+    if value == "last":
+        checkpoint = find_last_checkpoint(log_dir, overrides)
+    else:
+        checkpoint = Path(value).expanduser().absolute()
+        if not checkpoint.is_file():
+            raise ResumeError(f"ckpt_path={value!r} not found: tried {checkpoint}")
+
+    resolved = [*overrides[:index], f"ckpt_path={checkpoint}", *overrides[index + 1 :]]
+    run_dir = run_dir_of(checkpoint)
+    has_run_dir = any(item.startswith("hydra.run.dir=") for item in overrides)
+    if run_dir is not None and not multirun and not has_run_dir:
+        keep_previous_config(run_dir)
+        resolved.append(f"hydra.run.dir={run_dir}")
+    return resolved

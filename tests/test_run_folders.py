@@ -1,0 +1,84 @@
+"""Run folders: distinct folders per run, and ckpt_path resolved on the command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoexp.resume import ResumeError, find_last_checkpoint, prepare_resume
+from autoexp.sweep import reserve_run_dir
+from tests.conftest import run_cli
+
+QUIET = ["trainer.enable_progress_bar=false", "model.latent_dim=4"]
+
+
+def test_reserve_run_dir_same_second(tmp_path):
+    base = str(tmp_path / "outputs" / "2026-01-01" / "10-00-00")
+    first, second, third = (reserve_run_dir(base) for _ in range(3))
+    assert first == base
+    assert second == base + "_1"
+    assert third == base + "_2"
+    assert all(Path(path).is_dir() for path in (first, second, third))
+
+
+def make_run(log_dir: Path, name: str, overrides: list[str]) -> Path:
+    run_dir = log_dir / "2026-01-01" / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / ".hydra" / "overrides.yaml").write_text(
+        "".join(f"- {item}\n" for item in overrides)
+    )
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    return run_dir
+
+
+def test_find_last_checkpoint_matches_overrides(tmp_path):
+    older = make_run(tmp_path, "10-00-00", ["model.latent_dim=4", "trainer.max_epochs=2"])
+    make_run(tmp_path, "10-00-01", ["model.latent_dim=8"])
+    found = find_last_checkpoint(tmp_path, ["model.latent_dim=4", "ckpt_path=last"])
+    assert found == older / "checkpoints" / "last.ckpt"
+
+
+def test_find_last_checkpoint_reports_none(tmp_path):
+    with pytest.raises(ResumeError, match="ckpt_path=last: no earlier run with overrides seed=3"):
+        find_last_checkpoint(tmp_path, ["seed=3", "ckpt_path=last"])
+
+
+def test_prepare_resume_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    expected = str(tmp_path / "nowhere.ckpt")
+    with pytest.raises(ResumeError, match=f"not found: tried {expected}"):
+        prepare_resume(["ckpt_path=nowhere.ckpt"], tmp_path / "outputs", multirun=False)
+
+
+def test_prepare_resume_continues_in_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = make_run(tmp_path / "outputs", "10-00-00", [])
+    relative = "outputs/2026-01-01/10-00-00/checkpoints/last.ckpt"
+    overrides = prepare_resume([f"ckpt_path={relative}"], tmp_path / "outputs", False)
+    assert overrides == [
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    assert list((run_dir / ".hydra").glob("before-resume-*/overrides.yaml"))
+
+
+def test_cli_resume_last_into_same_folder(tmp_path):
+    first = run_cli(["-m", "autoexp.train", "trainer.max_epochs=1", *QUIET], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    second = run_cli(
+        ["-m", "autoexp.train", "trainer.max_epochs=2", "ckpt_path=last", *QUIET], cwd=tmp_path
+    )
+    assert second.returncode == 0, second.stderr
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1, "the resumed run must continue in the first run's folder"
+    record = json.loads((run_dirs[0] / "metrics.json").read_text())
+    assert record["epochs"] == 2
+    assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) >= 2
+
+
+def test_cli_rejects_missing_checkpoint(tmp_path):
+    result = run_cli(["-m", "autoexp.train", "ckpt_path=missing/last.ckpt"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert f"not found: tried {tmp_path / 'missing' / 'last.ckpt'}" in result.stderr
+    assert list(tmp_path.iterdir()) == []

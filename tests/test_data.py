@@ -116,3 +116,22 @@ def test_data_module_batches_are_float_in_unit_range():
 def test_data_module_rejects_bad_batch_size():
     with pytest.raises(ValueError, match="data.batch_size=0 must be an integer >= 1"):
         ImageDataModule("digits", batch_size=0)
+
+
+def test_batch_sampler_device_keeps_order():
+    on_cpu = BatchIndexSampler(50, batch_size=16, shuffle=True, seed=2)
+    on_device = BatchIndexSampler(50, batch_size=16, shuffle=True, seed=2, device="cpu")
+    for expected, batch in zip(on_cpu, on_device, strict=True):
+        assert batch.device == torch.device("cpu")
+        assert torch.equal(batch, expected)
+
+
+def test_data_module_cpu_trainer_keeps_splits_on_cpu():
+    import pytorch_lightning as pl
+
+    datamodule = ImageDataModule("digits", batch_size=32)
+    datamodule.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    datamodule.setup("fit")
+    assert datamodule.device_splits is None
+    images, _ = next(iter(datamodule.train_dataloader()))
+    assert images.device == torch.device("cpu")

@@ -41,13 +41,24 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
     and each rank takes every world_size-th index of each global batch. Every index is used
     exactly once per epoch and all ranks see the same number of non-empty batches, so sums
     accumulated across ranks (PCA covariance, k-means cluster sums) are exact.
+
+    The permutation is drawn on the CPU, so it is the same on every device, and moved to
+    `device` once per epoch; the index tensors then live there.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ):
         self.n = n
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
+        self.device = device
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -59,6 +70,8 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
             order = torch.randperm(self.n, generator=generator)
         else:
             order = torch.arange(self.n)
+        if self.device is not None:
+            order = order.to(self.device)
         batches = list(order.split(self.batch_size * world_size))
         # A last global batch too small to give each rank an index joins the one before it.
         if len(batches) > 1 and len(batches[-1]) < world_size:
@@ -84,7 +97,9 @@ class ImageDataModule(pl.LightningDataModule):
     """Digits, MNIST or Fashion-MNIST, each split held in memory as one uint8 tensor.
 
     Batches are drawn by indexing those tensors with a seeded permutation and converted to
-    float32 in [0, 1] a whole batch at a time, after the transfer to the device.
+    float32 in [0, 1] a whole batch at a time, after the transfer to the device. When the
+    trainer runs on a GPU and num_workers is 0, a copy of each split is moved to the GPU once
+    at setup, so batches are gathered there and nothing is copied per batch.
 
     Args:
         name: One of "digits", "mnist", "fashion_mnist".
@@ -98,6 +113,8 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: Seed of the split permutations and of the batch order.
         num_workers: DataLoader worker processes; 0 indexes in the main process, which is
             fastest for in-memory tensors.
+        splits_on_gpu: Keep a copy of the splits on the trainer's GPU, if it runs on one and
+            num_workers is 0.
     """
 
     def __init__(
@@ -112,6 +129,7 @@ class ImageDataModule(pl.LightningDataModule):
         test_fraction: float | None = 0.2,
         split_seed: int = 0,
         num_workers: int = 0,
+        splits_on_gpu: bool = True,
     ):
         super().__init__()
         check_dataset_name(name)
@@ -128,7 +146,10 @@ class ImageDataModule(pl.LightningDataModule):
         self.test_fraction = test_fraction
         self.split_seed = split_seed
         self.num_workers = num_workers
+        self.splits_on_gpu = splits_on_gpu
         self.splits: dict[str, Split] | None = None
+        # Copies of the splits on the GPU that the dataloaders index, or None.
+        self.device_splits: dict[str, Split] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -139,7 +160,25 @@ class ImageDataModule(pl.LightningDataModule):
         self.load()
 
     def setup(self, stage: str | None = None) -> None:
-        self.load()
+        splits = self.load()
+        device = self._batch_device()
+        if device is None:
+            self.device_splits = None
+        elif self.device_splits is None or self.device_splits["train"].images.device != device:
+            # NOTE: untested on a GPU: no test machine had one when this path was written.
+            self.device_splits = {
+                key: Split(split.images.to(device), split.labels.to(device), split.pixel_max)
+                for key, split in splits.items()
+            }
+            log.info("Moved the %s splits to %s", self.name, device)
+
+    def _batch_device(self) -> torch.device | None:
+        """Return the GPU to gather batches on, or None to gather them on the CPU."""
+        trainer = self.trainer
+        if not self.splits_on_gpu or self.num_workers > 0 or trainer is None:
+            return None
+        device = trainer.strategy.root_device
+        return device if device.type == "cuda" else None
 
     def load(self) -> dict[str, Split]:
         """Load the splits once; later calls return the same tensors."""
@@ -159,7 +198,13 @@ class ImageDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
         data = self.load()[split]
-        sampler = BatchIndexSampler(len(data), batch_size, shuffle, seed=self.split_seed)
+        device = None
+        if self.device_splits is not None:
+            data = self.device_splits[split]
+            device = data.images.device
+        sampler = BatchIndexSampler(
+            len(data), batch_size, shuffle, seed=self.split_seed, device=device
+        )
         # batch_size=None turns off automatic batching: each sampler item is a whole batch.
         return DataLoader(
             BatchDataset(data),

@@ -92,9 +92,15 @@ def check_resume_checkpoint(path: str | Path, model: AutoencoderModule | None = 
             than the config's model. The message names the file.
     """
     path = Path(path).expanduser().absolute()
-    checkpoint = read_checkpoint(path)
+    try:
+        checkpoint = read_checkpoint(path)
+    except ValueError as error:
+        raise ValueError(
+            f"ckpt_path: {error}. Pass a complete checkpoint written by autoexp-train, such as "
+            "<run folder>/checkpoints/last.ckpt."
+        ) from error
     name = checkpoint_model_name(checkpoint, path)
-    missing = [key for key in ("state_dict", "loops", "global_step") if key not in checkpoint]
+    missing = [key for key in ("state_dict", "loops", "optimizer_states") if key not in checkpoint]
     if missing:
         raise ValueError(
             f"ckpt_path={path} contains no training state (missing {', '.join(missing)}), so "

@@ -141,8 +141,12 @@ class InterruptCheckpoint(pl.Callback):
     previous ones are restored when training ends. A signal only sets a flag. At the next end
     of a training batch every rank saves `<dirpath>/<filename>` through the trainer, so
     atomically with AtomicCheckpointIO. Rank zero then logs the command that resumes the run,
-    and TrainingInterrupted ends the process with exit code 128 plus the signal number. A
-    second signal ends it at once, without a checkpoint.
+    and TrainingInterrupted ends the process with exit code 128 plus the signal number. The
+    same signal sent a second time ends it at once, without a checkpoint.
+
+    With trainer=ddp (spawn), every worker handles the signals itself: send them to the
+    process group (Ctrl-C in a terminal does), or to the launching process alone, whose
+    workers then get SIGINT when it dies.
 
     Args:
         dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
@@ -178,8 +182,11 @@ class InterruptCheckpoint(pl.Callback):
         if self._signum is None:
             self._signum = signum
             return
-        self._restore_handlers()
-        raise TrainingInterrupted(128 + signum)
+        # Only a repeat of the same signal forces the exit: a DDP worker started by spawn also
+        # gets SIGINT when its parent dies, often right after the SIGTERM sent to the group.
+        if signum == self._signum:
+            self._restore_handlers()
+            raise TrainingInterrupted(128 + signum)
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous_handlers.items():

@@ -1,0 +1,217 @@
+"""`autoexp-bench`: time autoexp against a plain PyTorch loop, per-sample loading and sklearn."""
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoexp.bench import report
+from autoexp.bench.memory import peak_rss_mb
+from autoexp.bench.timing import column, paired_ratio, run_alternating
+from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
+from autoexp.data import load_splits
+
+PARTS = ("training", "memory")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="autoexp-bench",
+        description=(
+            "Time autoexp against a plain PyTorch loop, the per-sample DataLoader pipeline and "
+            "scikit-learn, alternating the contenders in one process. Prints a table and "
+            "optionally writes the figures as JSON and the table as a Markdown page."
+        ),
+    )
+    parser.add_argument(
+        "--data",
+        default="fashion_mnist",
+        choices=("fashion_mnist", "mnist", "digits"),
+        help="data set; fashion_mnist falls back to digits, with a notice, when its files are "
+        "missing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--data-root", default=None, help="folder searched for the IDX files (default: data.root)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed runs of each contender (default: 5)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default: cpu)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="write the figures to this file")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="write the tables as a Markdown page here"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=PARTS,
+        help="leave out a part of the benchmark; may be repeated",
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats={args.repeats} must be at least 1")
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(
+            "autoexp-bench: --device cuda requested but torch.cuda.is_available() is False; "
+            "run on a machine with a CUDA GPU or pass --device cpu"
+        )
+    return torch.device(name)
+
+
+def resolve_data(name: str, data_root: str | None) -> str:
+    """Return the data set to run on: `name`, or digits where fashion_mnist is missing."""
+    if name != "fashion_mnist":
+        return name
+    try:
+        load_splits(name, root=data_root or "data", test_fraction=None)
+    except FileNotFoundError as error:
+        first_line = str(error).splitlines()[0]
+        print(
+            f"autoexp-bench: fashion_mnist not found ({first_line}); running on digits instead",
+            file=sys.stderr,
+        )
+        return "digits"
+    return name
+
+
+def progress(message: str) -> None:
+    print(f"autoexp-bench: {message}", file=sys.stderr, flush=True)
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(column(runs, key))
+
+
+def columns(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list[float]]:
+    return {key: column(runs, key) for key in keys if runs and runs[0].get(key) is not None}
+
+
+def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
+    """Run the training contenders after one untimed warm-up round and summarize them."""
+    progress("training: warm-up round, not timed")
+    run_alternating(bench.contenders(), 1)
+    progress(f"training: {repeats} timed rounds")
+    runs = run_alternating(bench.contenders(), repeats)
+    raw = {
+        "autoexp": columns(runs["autoexp"], ("epoch_s", "epoch_with_validation_s", "fit_s")),
+        "plain": columns(runs["plain"], ("epoch_s", "gflops", "gflops_matmul_exact")),
+        "per_sample": columns(runs["per_sample"], ("epoch_s",)),
+        "matmul": columns(runs["matmul"], ("gflops",)),
+    }
+    medians = {
+        name: {key: statistics.median(values) for key, values in figures.items()}
+        for name, figures in raw.items()
+    }
+    ratios = {
+        "train_vs_plain": paired_ratio(raw["autoexp"]["epoch_s"], raw["plain"]["epoch_s"]),
+        "per_sample_vs_train": paired_ratio(
+            raw["per_sample"]["epoch_s"], raw["autoexp"]["epoch_s"]
+        ),
+        "plain_flops_vs_matmul": paired_ratio(raw["plain"]["gflops"], raw["matmul"]["gflops"]),
+    }
+    summary = {
+        "n_images": len(bench.split),
+        "batch_size": BATCH_SIZE,
+        "layer_widths": layer_widths(bench.n_pixels),
+        "optimizer": dict(bench.optimizer_config),
+        "flops_per_epoch": bench.flops,
+        "flop_count": "six_n_params: 6 * parameters * images per epoch",
+        "runs": raw,
+        "median": medians,
+    }
+    return {"summary": summary, "ratios": ratios}
+
+
+RATIO_KEYS = (
+    "train_vs_plain",
+    "per_sample_vs_train",
+    "plain_flops_vs_matmul",
+    "pca_vs_sklearn_covariance_eigh",
+    "pca_vs_sklearn_full",
+    "kmeans_time_vs_sklearn",
+    "kmeans_inertia_vs_sklearn",
+)
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """Run the benchmark's parts and return all figures, ratios and target checks."""
+    device = resolve_device(args.device)
+    data = resolve_data(args.data, args.data_root)
+    start = time.perf_counter()
+    results: dict[str, Any] = {
+        "command": command,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": data,
+        "device": str(device),
+        "repeats": args.repeats,
+        "machine": report.machine(device),
+    }
+    ratios: dict[str, float | None] = dict.fromkeys(RATIO_KEYS)
+
+    with tempfile.TemporaryDirectory(prefix="autoexp-bench-") as work_dir:
+        work = Path(work_dir)
+        # Lightning's progress bars go to stdout; stderr keeps the table on stdout readable.
+        with contextlib.redirect_stdout(sys.stderr):
+            training = TrainingBench(data, device, args.data_root, work)
+            if "training" not in args.skip:
+                measured = measure_training(training, args.repeats)
+                results["training"] = measured["summary"]
+                ratios.update(measured["ratios"])
+
+        results["peak_rss_mb"] = None
+        if "memory" not in args.skip:
+            progress("memory: one epoch and the test of autoexp-train in a child process")
+            overrides = [o for o in reference_overrides(data, device) if o != "test=false"]
+            if args.data_root is not None:
+                overrides.append(f"data.root={args.data_root}")
+            results["peak_rss_mb"] = peak_rss_mb(overrides, work / "memory-run")
+
+    results["ratios"] = ratios
+    checked = {**ratios, "peak_rss_mb": results["peak_rss_mb"]}
+    results["targets"] = report.check_targets(checked)
+    results["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    results["total_time_s"] = time.perf_counter() - start
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print its tables and write the requested files."""
+    args = parse_args(argv)
+    command = shlex.join(["autoexp-bench", *(sys.argv[1:] if argv is None else argv)])
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    results = run(args, command)
+    tables = report.tables(results)
+    print(tables)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(report.markdown_page(results, tables))
+    unmet = [key for key, check in results["targets"].items() if check["met"] is False]
+    if unmet:
+        progress(f"targets not met: {', '.join(unmet)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""autoexp-bench's plumbing on digits with one repeat; the timings themselves are not checked."""
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+import torch
+
+from autoexp.bench import cli, report
+from autoexp.bench.timing import paired_ratio, run_alternating
+from autoexp.bench.training import layer_widths, plain_mlp, training_flops
+from autoexp.models import MLPAutoencoder
+
+SECTION_KEYS = {
+    "training": {"n_images", "batch_size", "layer_widths", "optimizer", "flops_per_epoch", "runs"},
+}
+TRAINING_RATIOS = ("train_vs_plain", "per_sample_vs_train", "plain_flops_vs_matmul")
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory) -> tuple[dict, str, str]:
+    """One run of autoexp-bench on digits; returns its JSON, its page and its stdout."""
+    folder = tmp_path_factory.mktemp("bench")
+    json_path, page_path = folder / "bench.json", folder / "benchmarks.md"
+    argv = ["--data", "digits", "--repeats", "1", "--json", str(json_path)]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert cli.main([*argv, "--markdown", str(page_path)]) == 0
+    return json.loads(json_path.read_text()), page_path.read_text(), stdout.getvalue()
+
+
+def test_bench_json_has_every_ratio(bench_run):
+    results, _, _ = bench_run
+    assert set(results["ratios"]) == set(cli.RATIO_KEYS)
+    for key in TRAINING_RATIOS:
+        value = results["ratios"][key]
+        assert isinstance(value, float), key
+        assert math.isfinite(value), key
+        assert value > 0, key
+
+
+def test_bench_json_has_sections(bench_run):
+    results, _, _ = bench_run
+    assert results["data"] == "digits"
+    assert results["repeats"] == 1
+    assert results["peak_rss_mb"] > 0
+    for section, keys in SECTION_KEYS.items():
+        assert keys <= set(results[section]), section
+    assert results["training"]["runs"]["autoexp"]["epoch_s"][0] > 0
+    assert set(results["targets"]) == set(report.TARGETS)
+    for key in ("cpu", "cpu_count", "torch", "torch_threads", "load_average_1min"):
+        assert key in results["machine"], key
+
+
+def test_bench_prints_and_writes_tables(bench_run):
+    results, page, stdout = bench_run
+    assert "| `train_vs_plain`" in stdout
+    assert "autoexp-bench --data digits --repeats 1" in page
+    assert "| `per_sample_vs_train`" in page
+    assert results["machine"]["cpu"] in page
+
+
+def test_bench_falls_back_to_digits(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("autoexp.data.sources.EXTRA_SEARCH_DIRS", {"fashion_mnist": []})
+    assert cli.resolve_data("fashion_mnist", str(tmp_path)) == "digits"
+    assert "fashion_mnist not found" in capsys.readouterr().err
+
+
+def test_bench_rejects_zero_repeats(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--repeats", "0"])
+    assert "--repeats=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_run_alternating_rotates_order():
+    calls = []
+    contenders = {name: (lambda r, name=name: calls.append((r, name)) or {}) for name in "abc"}
+    results = run_alternating(contenders, 3)
+    assert [name for _, name in calls] == list("abcbcacab")
+    assert {name: len(runs) for name, runs in results.items()} == {"a": 3, "b": 3, "c": 3}
+
+
+def test_paired_ratio_is_median_of_pairs():
+    assert paired_ratio([2.0, 9.0, 3.0], [1.0, 3.0, 1.0]) == 3.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio([1.0], [1.0, 2.0])
+
+
+def test_plain_mlp_matches_mlp_ae():
+    reference = MLPAutoencoder(image_shape=(1, 28, 28), latent_dim=32, hidden_dims=[512, 128])
+    plain = plain_mlp(784)
+    reference_shapes = [tuple(p.shape) for p in reference.parameters()]
+    assert [tuple(p.shape) for p in plain.parameters()] == reference_shapes
+    values = reference.state_dict().values()
+    plain.load_state_dict(dict(zip(plain.state_dict(), values, strict=True)))
+    x = torch.rand(5, 1, 28, 28)
+    torch.testing.assert_close(plain(x.flatten(1)), reference(x).flatten(1))
+
+
+def test_training_flops_counts():
+    assert layer_widths(784) == [784, 512, 128, 32, 128, 512, 784]
+    n_parameters = sum(p.numel() for p in plain_mlp(784).parameters())
+    flops = training_flops(784, 10)
+    assert flops["six_n_params"] == 6 * n_parameters * 10
+    weights = 784 * 512 + 512 * 128 + 128 * 32
+    assert flops["matmul_exact"] == 2 * (3 * 2 * weights - 784 * 512) * 10
+
+
+def test_check_targets_sides():
+    checks = report.check_targets({"train_vs_plain": 1.2, "per_sample_vs_train": 3.0})
+    assert checks["train_vs_plain"]["met"] is False
+    assert checks["per_sample_vs_train"]["met"] is True
+    assert checks["peak_rss_mb"]["met"] is None

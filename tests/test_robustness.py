@@ -1,0 +1,508 @@
+"""Faults that must end a run cleanly: divergence, signals, bad checkpoints and bad data files.
+
+Most tests drive `python -m autoexp.train` as a subprocess, the way a user would, and check the
+exit code, the message and the files left behind.
+"""
+
+import gzip
+import io
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+import autoexp
+from autoexp.callbacks import NonFiniteLossCheck, TrainingDivergedError
+from autoexp.checkpoint_io import AtomicCheckpointIO
+from autoexp.data.idx import write_idx
+from autoexp.models import MODELS, MLPAutoencoder
+from autoexp.train import resolve_ckpt_path, train
+from tests.conftest import FAST, compose_train_config, run_cli
+
+# Overrides of every command-line run here: quiet, on the CPU, without the image logger.
+CLI_FAST = [
+    "trainer.enable_progress_bar=false",
+    "trainer.accelerator=cpu",
+    "~callbacks.image_logger",
+]
+# Batches per epoch of mlp_ae on digits: ceil(1294 training images / 64).
+DIGITS_BATCHES = 21
+
+
+def output_of(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def temporary_files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.name.endswith((".tmp", ".part"))]
+
+
+def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    """Start `python -m autoexp.train ARGS` in cwd, with its output in cwd/output.txt."""
+    # The child keeps its own copy of the file descriptor after this one is closed.
+    with open(cwd / "output.txt", "w") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "autoexp.train", *args],
+            cwd=cwd,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_for_file(folder: Path, pattern: str, timeout: float) -> Path:
+    """Return the first file below folder that matches pattern, polling until timeout."""
+    deadline = time.monotonic() + timeout
+    while not (found := sorted(folder.rglob(pattern))):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {folder}/**/{pattern}")
+        time.sleep(0.2)
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[pl.Trainer, MLPAutoencoder]:
+    """A trainer built from conf/trainer/default.yaml with NonFiniteLossCheck, after 2 steps."""
+    run_dir = tmp_path_factory.mktemp("fitted") / "run"
+    cfg = compose_train_config(
+        run_dir, [*FAST, "+trainer.max_steps=2", "+trainer.limit_val_batches=0"]
+    )
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=[NonFiniteLossCheck()], enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer, model
+
+
+# Non-finite loss.
+
+
+def test_cli_diverged_run_names_step_and_value(tmp_path):
+    result = run_cli(
+        ["-m", "autoexp.train", *CLI_FAST, "model.optimizer.lr=1e6", "trainer.max_epochs=3"],
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert result.returncode == 1
+    message = re.search(r"train/loss=(\S+) at step (\d+) \(epoch (\d+)\): (.*)", result.stderr)
+    assert message, result.stderr
+    assert message[1] in ("nan", "inf", "-inf")
+    assert "training diverged; no checkpoint was saved yet" in message[4]
+    assert "lower model.optimizer.lr (now 1e+06)" in message[4]
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+class WeightPoison(pl.Callback):
+    """Sets one weight to NaN after one training batch; copies last.ckpt when the epoch starts."""
+
+    def __init__(self, epoch: int, batch_idx: int, copy_to: str):
+        self.epoch = epoch
+        self.batch_idx = batch_idx
+        self.copy_to = Path(copy_to)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+            self.copy_to.write_bytes(last.read_bytes())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch_idx):
+            with torch.no_grad():
+                next(pl_module.parameters())[0, 0] = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("batch_idx", "expected"),
+    [
+        # NaN weights make the next batch's loss NaN.
+        (5, r"train/loss=nan at step 27 \(epoch 1\)"),
+        # After the last batch, the validation loss is the first NaN, before last.ckpt is saved.
+        (DIGITS_BATCHES - 1, r"val/loss=nan after step 42 \(epoch 1\)"),
+    ],
+)
+def test_non_finite_check_keeps_last_checkpoint(train_config, tmp_path, batch_idx, expected):
+    cfg = train_config("trainer.max_epochs=3", "~callbacks.image_logger", "test=false")
+    good_copy = tmp_path / "good.ckpt"
+    with open_dict(cfg):
+        cfg.callbacks.poison = {
+            "_target_": f"{__name__}.WeightPoison",
+            "epoch": 1,
+            "batch_idx": batch_idx,
+            "copy_to": str(good_copy),
+        }
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+
+    with pytest.raises(TrainingDivergedError, match=expected) as error:
+        train(cfg)
+    assert f"the last good checkpoint is {last}" in str(error.value)
+    assert last.read_bytes() == good_copy.read_bytes()
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 0
+    assert checkpoint["global_step"] == DIGITS_BATCHES
+    model = autoexp.load_model(last)
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+
+
+def test_non_finite_check_blocks_nan_checkpoint(fitted, tmp_path):
+    trainer, model = fitted
+    path = tmp_path / "diverged.ckpt"
+    weight = model.encoder[1][0].weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight[0, 0] = float("inf")
+    try:
+        with pytest.raises(TrainingDivergedError, match=r"weight encoder\.1\.0\.weight=inf"):
+            trainer.save_checkpoint(path)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert not path.exists()
+    assert temporary_files(tmp_path) == []
+
+
+# Atomic checkpoints.
+
+
+@pytest.mark.parametrize("trainer_option", ["default", "ddp"])
+def test_trainer_config_uses_atomic_checkpoint_io(tmp_path, trainer_option):
+    cfg = compose_train_config(tmp_path / "run", [f"trainer={trainer_option}"])
+    trainer = instantiate(cfg.trainer, accelerator="cpu", logger=False)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+def test_atomic_checkpoint_io_failed_save_keeps_file(fitted, tmp_path, monkeypatch):
+    trainer, _ = fitted
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    previous = path.read_bytes()
+
+    real_save = torch.save
+    written_to = []
+
+    def save_half_then_fail(obj, file, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        written_to.append(Path(file.name))
+        file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save_half_then_fail)
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.save_checkpoint(path)
+    monkeypatch.undo()
+
+    assert written_to[0].parent == path.parent
+    assert written_to[0] != path
+    assert path.read_bytes() == previous
+    assert sorted(tmp_path.iterdir()) == [path]
+    autoexp.load_model(path)
+
+
+# Checkpoints passed as ckpt_path.
+
+
+def test_cli_rejects_corrupt_checkpoint(fitted, tmp_path):
+    trainer, _ = fitted
+    corrupt = tmp_path / "cut.ckpt"
+    trainer.save_checkpoint(corrupt)
+    corrupt.write_bytes(corrupt.read_bytes()[:5000])
+
+    result = run_cli(
+        ["-m", "autoexp.train", *CLI_FAST, f"ckpt_path={corrupt}"], cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 1
+    assert f"{corrupt} is not a readable checkpoint" in result.stderr
+    # Training never started: no events and no checkpoint were written.
+    assert not list((tmp_path / "outputs").rglob("events.out.tfevents*"))
+    assert list(tmp_path.rglob("*.ckpt")) == [corrupt]
+
+
+def test_resolve_ckpt_path_rejects_unfit_checkpoints(fitted, tmp_path):
+    trainer, model = fitted
+    good = tmp_path / "good.ckpt"
+    trainer.save_checkpoint(good)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    weights_only = tmp_path / "weights.ckpt"
+    trainer.save_checkpoint(weights_only, weights_only=True)
+    cases = [
+        (foreign, model, f"{foreign} is not an autoexp checkpoint"),
+        (weights_only, model, f"ckpt_path={weights_only} contains no training state"),
+        (
+            good,
+            MLPAutoencoder([1, 8, 8], latent_dim=16),
+            "model.latent_dim=32 in the checkpoint, 16 in the config",
+        ),
+    ]
+    other_names = [name for name in MODELS if name != model.model_name]
+    if other_names:
+        other = MODELS[other_names[0]]([1, 8, 8], latent_dim=4)
+        cases.append(
+            (
+                good,
+                other,
+                f"ckpt_path={good} is a checkpoint of model mlp_ae, but the config trains "
+                f"{other.model_name}; pass model=mlp_ae",
+            )
+        )
+
+    assert resolve_ckpt_path(str(good), model) == str(good)
+    for path, config_model, expected in cases:
+        with pytest.raises(ValueError) as error:
+            resolve_ckpt_path(str(path), config_model)
+        assert expected in str(error.value)
+
+
+# SIGTERM and SIGINT.
+
+
+def test_cli_signal_saves_resumable_checkpoint(tmp_path):
+    args = [*CLI_FAST, "trainer.max_epochs=1000", "test=false"]
+    runs = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        launch_dir = tmp_path / signum.name
+        launch_dir.mkdir()
+        runs[signum] = (launch_dir, start_cli(args, launch_dir))
+    try:
+        for signum, (launch_dir, process) in runs.items():
+            wait_for_file(launch_dir, "last.ckpt", timeout=240)
+            process.send_signal(signum)
+        for _, process in runs.values():
+            process.wait(timeout=120)
+    finally:
+        for _, process in runs.values():
+            if process.poll() is None:
+                process.kill()
+
+    for signum, (launch_dir, process) in runs.items():
+        output = (launch_dir / "output.txt").read_text()
+        assert process.returncode == 128 + signum, output
+        run_dir = next((launch_dir / "outputs").glob("*/*"))
+        interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+        assert f"Training stopped by {signum.name} at step" in output
+        assert f"checkpoint saved to {interrupted}" in output
+        command = re.search(r"Resume with: (.*)", output)[1]
+        assert shlex.split(command) == ["autoexp-train", *args, f"ckpt_path={interrupted}"]
+        model = autoexp.load_model(interrupted)
+        assert model.model_name == "mlp_ae"
+        last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+        assert torch.load(interrupted, weights_only=False)["global_step"] > last["global_step"]
+        assert temporary_files(launch_dir) == []
+
+    # The resume command works; it stops at the end of the interrupted epoch here.
+    launch_dir, _ = runs[signal.SIGTERM]
+    interrupted = next(launch_dir.rglob("interrupted.ckpt"))
+    epoch = torch.load(interrupted, weights_only=False)["epoch"]
+    cfg = compose_train_config(
+        tmp_path / "resumed",
+        [*args, f"trainer.max_epochs={epoch + 1}", f"ckpt_path={interrupted}"],
+    )
+    train(cfg)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == (epoch + 1) * DIGITS_BATCHES
+
+
+# DDP and sweeps.
+
+
+def files_outside_outputs(launch_dir: Path) -> list[Path]:
+    return [path for path in launch_dir.iterdir() if path.name not in ("outputs", "output.txt")]
+
+
+DDP_FAST = [
+    *CLI_FAST,
+    "trainer=ddp",
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=4",
+    "+trainer.limit_val_batches=1",
+    "test=false",
+]
+
+
+def check_ddp_job(job_dir: Path) -> None:
+    """Check that a finished DDP job wrote its checkpoints into its own folder."""
+    last = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    # limit_train_batches counts the batches of each rank; the ranks step together.
+    assert last["global_step"] == 4
+    states = [
+        state for key, state in last["callbacks"].items() if key.startswith("ModelCheckpoint")
+    ]
+    assert Path(states[0]["best_model_path"]).parent == job_dir / "checkpoints"
+    assert (job_dir / "metrics.json").is_file()
+    assert list(job_dir.glob("events.out.tfevents*"))
+
+
+def test_cli_ddp_single_run(tmp_path):
+    result = run_cli(["-m", "autoexp.train", *DDP_FAST], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, output_of(result)
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1
+    check_ddp_job(run_dirs[0])
+    assert files_outside_outputs(tmp_path) == []
+
+
+def test_cli_ddp_sweep_one_folder_per_job(tmp_path):
+    result = run_cli(
+        ["-m", "autoexp.train", "-m", *DDP_FAST, "model.latent_dim=2,4"],
+        cwd=tmp_path,
+        timeout=400,
+    )
+    assert result.returncode == 0, output_of(result)
+    sweep_dirs = list((tmp_path / "outputs" / "multirun").glob("*/*"))
+    assert len(sweep_dirs) == 1
+    job_dirs = sorted(path for path in sweep_dirs[0].iterdir() if path.is_dir())
+    assert [path.name for path in job_dirs] == ["model.latent_dim=2", "model.latent_dim=4"]
+    for job_dir in job_dirs:
+        check_ddp_job(job_dir)
+    assert files_outside_outputs(tmp_path) == []
+
+
+# Data files.
+
+
+def write_mnist_files(folder: Path, n_train: int = 40, n_test: int = 20) -> None:
+    """Write four small gzipped MNIST IDX files of random pixels and labels into folder."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = {
+        "train-images-idx3-ubyte.gz": torch.randint(
+            0, 256, (n_train, 28, 28), generator=generator
+        ),
+        "train-labels-idx1-ubyte.gz": torch.randint(0, 10, (n_train,), generator=generator),
+        "t10k-images-idx3-ubyte.gz": torch.randint(0, 256, (n_test, 28, 28), generator=generator),
+        "t10k-labels-idx1-ubyte.gz": torch.randint(0, 10, (n_test,), generator=generator),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, tensor in tensors.items():
+        write_idx(folder / name, tensor.to(torch.uint8))
+
+
+def cut_gzip_in_half(folder: Path) -> Path:
+    path = folder / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def cut_raw_in_half(folder: Path) -> Path:
+    gzipped = folder / "train-labels-idx1-ubyte.gz"
+    path = folder / "train-labels-idx1-ubyte"
+    data = gzip.decompress(gzipped.read_bytes())
+    path.write_bytes(data[: len(data) // 2])
+    gzipped.unlink()
+    return path
+
+
+def corrupt_gzip(folder: Path) -> Path:
+    path = folder / "train-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    data[20:40] = b"\xff" * 20
+    path.write_bytes(bytes(data))
+    return path
+
+
+def change_magic(folder: Path) -> Path:
+    path = folder / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    data[:4] = b"\x50\x4b\x03\x04"
+    path.write_bytes(gzip.compress(bytes(data)))
+    return path
+
+
+def drop_one_label(folder: Path) -> Path:
+    path = folder / "train-labels-idx1-ubyte.gz"
+    write_idx(path, torch.zeros(39, dtype=torch.uint8))
+    return path
+
+
+# (case, change that returns the changed file, text expected after the file's path)
+BAD_DATA_FILES = [
+    ("raw-half", cut_raw_in_half, ": truncated IDX file: header declares 40 labels"),
+    ("gzip-corrupt", corrupt_gzip, ": invalid gzip data"),
+    ("magic", change_magic, ": invalid IDX magic number 0x504b0304"),
+    ("counts", drop_one_label, " contains 39 labels"),
+]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_rejects_labels_cut_in_half(tmp_path):
+    root = tmp_path / "data"
+    write_mnist_files(root)
+    path = cut_gzip_in_half(root)
+    start = time.monotonic()
+    result = run_cli(
+        ["-m", "autoexp.train", *CLI_FAST, "data=mnist", f"data.root={root}"],
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"{path}: invalid gzip data" in result.stderr
+    assert not list(tmp_path.rglob("*.ckpt"))
+    # Start-up included; loading the data fails at once.
+    assert time.monotonic() - start < 60
+
+
+def test_cli_sweep_names_each_bad_data_file(tmp_path, monkeypatch):
+    """One multirun over data roots, each with one fault, saves a start-up per case.
+
+    Every job has data.download=true with a mirror on a closed port of 127.0.0.1, which only
+    the job whose root is empty tries.
+    """
+    for variable in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    roots, changed = {}, {}
+    for case, change, _ in BAD_DATA_FILES:
+        roots[case] = tmp_path / case
+        write_mnist_files(roots[case])
+        changed[case] = change(roots[case])
+    roots["offline"] = tmp_path / "offline"
+    roots["offline"].mkdir()
+    mirror = f"http://127.0.0.1:{closed_port()}/"
+
+    result = run_cli(
+        [
+            "-m",
+            "autoexp.train",
+            "-m",
+            *CLI_FAST,
+            "data=mnist",
+            "data.download=true",
+            f"data.mirrors=[{mirror}]",
+            "data.root=" + ",".join(str(root) for root in roots.values()),
+        ],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert result.returncode == 1, output_of(result)
+    failures = {
+        Path(record["overrides"][-1].partition("=")[2]).name: record["error"]
+        for record in map(json.loads, map(Path.read_text, tmp_path.rglob("failure.json")))
+    }
+    assert sorted(failures) == sorted(roots)
+    for case, _, expected in BAD_DATA_FILES:
+        assert f"{changed[case]}{expected}" in failures[case]
+
+    offline = failures["offline"]
+    assert f"{mirror}train-images-idx3-ubyte.gz: connection refused" in offline
+    for stem in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1"):
+        assert f"{stem}-ubyte" in offline
+    assert str(roots["offline"] / "MNIST" / "raw") in offline
+    assert [path for path in roots["offline"].rglob("*") if path.is_file()] == []
+    assert not list(tmp_path.rglob("*.ckpt"))

@@ -60,9 +60,20 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         self.seed = seed
         self.device = device
         self.epoch = 0
+        # Batches yielded so far in the current epoch, and the (epoch, batches) to skip once.
+        self.batches_yielded = 0
+        self._resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def state_dict(self) -> dict[str, int]:
+        """Return the position in the epoch: the epoch and the batches yielded so far."""
+        return {"epoch": self.epoch, "batches_yielded": self.batches_yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Make the next iteration over the same epoch skip the batches already yielded."""
+        self._resume_at = (state["epoch"], state["batches_yielded"])
 
     def _global_batches(self, world_size: int) -> list[torch.Tensor]:
         if self.shuffle:
@@ -80,7 +91,15 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         rank, world_size = _world()
-        for batch in self._global_batches(world_size):
+        skip = 0
+        if self._resume_at is not None:
+            epoch, batches_yielded = self._resume_at
+            self._resume_at = None
+            if epoch == self.epoch:
+                skip = batches_yielded
+        self.batches_yielded = skip
+        for batch in self._global_batches(world_size)[skip:]:
+            self.batches_yielded += 1
             yield batch[rank::world_size]
 
     def __len__(self) -> int:
@@ -91,6 +110,25 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         if n_batches > 1 and last_size < world_size:
             return n_batches - 1
         return n_batches
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a BatchIndexSampler whose position in the epoch goes into checkpoints.
+
+    Lightning saves `state_dict()` of a training DataLoader that has one and passes it to
+    `load_state_dict()` when it resumes from a checkpoint written mid-epoch, such as
+    checkpoints/interrupted.ckpt. The epoch then continues with the next batch of the same
+    permutation instead of starting the permutation again. Without worker processes the
+    sampler has yielded exactly the batches that training consumed, because Lightning (2.6)
+    fetches no batch ahead from a loader with a length. ImageDataModule uses this class only
+    then, for the training split.
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -205,8 +243,11 @@ class ImageDataModule(pl.LightningDataModule):
         sampler = BatchIndexSampler(
             len(data), batch_size, shuffle, seed=self.split_seed, device=device
         )
+        # Workers prefetch batches, so the sampler's count would run ahead of training.
+        resumable = split == "train" and self.num_workers == 0
+        loader_class = ResumableDataLoader if resumable else DataLoader
         # batch_size=None turns off automatic batching: each sampler item is a whole batch.
-        return DataLoader(
+        return loader_class(
             BatchDataset(data),
             batch_size=None,
             sampler=sampler,

@@ -1,12 +1,17 @@
 """Resuming from a checkpoint continues a run exactly where it stopped."""
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from omegaconf import open_dict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import autoexp
+from autoexp.callbacks import TrainingInterrupted
 from autoexp.models import MODELS
 from autoexp.train import train
 from tests.conftest import FAST, compose_train_config
@@ -96,3 +101,42 @@ def test_linear_pca_weights_stay_tied(tmp_path):
         moved = model.to("meta")
         assert [name for name, _ in moved.named_parameters()] == ["weight"]
         assert moved.weight.device.type == "meta"
+
+
+class SignalAtStep(pl.Callback):
+    """Sends SIGTERM to this process at the start of one training step."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    overrides = [*RESUME_FAST, "trainer.max_epochs=2"]
+    train(compose_train_config(whole, overrides))
+    cfg = compose_train_config(first, overrides)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 30}
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(cfg)
+    assert stop.value.code == 128 + signal.SIGTERM
+    interrupted = first / "checkpoints" / "interrupted.ckpt"
+    train(compose_train_config(second, [*overrides, f"ckpt_path={interrupted}"]))
+
+    expected = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)
+    assert torch.load(interrupted, weights_only=False)["global_step"] == 31
+    assert resumed["global_step"] == expected["global_step"] == 2 * 21
+    assert_same_tensors(expected["state_dict"], resumed["state_dict"], "state_dict")
+    assert_same_tensors(
+        expected["optimizer_states"][0], resumed["optimizer_states"][0], "optimizer"
+    )
+    # Validation runs on the same weights at the end of each epoch.
+    scalars = read_scalars(whole)
+    assert (
+        read_scalars(first)["val/loss"] + read_scalars(second)["val/loss"] == (scalars["val/loss"])
+    )

@@ -229,6 +229,20 @@ class InterruptCheckpoint(pl.Callback):
                 self._save_and_exit(trainer)
         finally:
             self._restore_handlers()
+        self._remove_resumed_checkpoint(trainer)
+
+    def _remove_resumed_checkpoint(self, trainer: pl.Trainer) -> None:
+        """Delete the interrupted checkpoint that this run resumed from and then completed.
+
+        A resumed run continues in the folder of its checkpoint, where the old file would sit
+        next to the newer last.ckpt.
+        """
+        path = self.checkpoint_path(trainer)
+        resumed_from = trainer.ckpt_path
+        if not trainer.is_global_zero or resumed_from is None or Path(resumed_from) != path:
+            return
+        path.unlink(missing_ok=True)
+        log.info("Removed %s: the run resumed from it and finished training", path)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()

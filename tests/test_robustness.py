@@ -303,17 +303,21 @@ def test_cli_signal_saves_resumable_checkpoint(tmp_path):
         assert torch.load(interrupted, weights_only=False)["global_step"] > last["global_step"]
         assert temporary_files(launch_dir) == []
 
-    # The resume command works; it stops at the end of the interrupted epoch here.
+    # The printed command resumes in the same run folder; it stops at the end of the
+    # interrupted epoch here. The interrupted checkpoint is removed once training finished.
     launch_dir, _ = runs[signal.SIGTERM]
     interrupted = next(launch_dir.rglob("interrupted.ckpt"))
     epoch = torch.load(interrupted, weights_only=False)["epoch"]
-    cfg = compose_train_config(
-        tmp_path / "resumed",
-        [*args, f"trainer.max_epochs={epoch + 1}", f"ckpt_path={interrupted}"],
-    )
-    train(cfg)
-    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=False)
+    command = re.search(r"Resume with: (.*)", (launch_dir / "output.txt").read_text())[1]
+    resume_args = [
+        f"trainer.max_epochs={epoch + 1}" if item.startswith("trainer.max_epochs=") else item
+        for item in shlex.split(command)[1:]
+    ]
+    result = run_cli(["-m", "autoexp.train", *resume_args], cwd=launch_dir, timeout=240)
+    assert result.returncode == 0, output_of(result)
+    resumed = torch.load(interrupted.parent / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == (epoch + 1) * DIGITS_BATCHES
+    assert not interrupted.exists()
 
 
 # DDP and sweeps.

@@ -7,10 +7,12 @@ from pathlib import Path
 import torch
 
 from autoexp.models.base import AutoencoderModule
+from autoexp.models.linear_pca_ae import LinearPCAAutoencoder
 from autoexp.models.mlp_ae import MLPAutoencoder
 
 MODELS: dict[str, type[AutoencoderModule]] = {
     MLPAutoencoder.model_name: MLPAutoencoder,
+    LinearPCAAutoencoder.model_name: LinearPCAAutoencoder,
 }
 
 
@@ -66,4 +68,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
     return model.to(map_location).eval()
 
 
-__all__ = ["MODELS", "AutoencoderModule", "MLPAutoencoder", "load_model", "read_checkpoint"]
+__all__ = [
+    "MODELS",
+    "AutoencoderModule",
+    "LinearPCAAutoencoder",
+    "MLPAutoencoder",
+    "load_model",
+    "read_checkpoint",
+]

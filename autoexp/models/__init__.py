@@ -7,12 +7,14 @@ from pathlib import Path
 import torch
 
 from autoexp.models.base import AutoencoderModule
+from autoexp.models.kmeans_ae import KMeansAutoencoder
 from autoexp.models.linear_pca_ae import LinearPCAAutoencoder
 from autoexp.models.mlp_ae import MLPAutoencoder
 
 MODELS: dict[str, type[AutoencoderModule]] = {
     MLPAutoencoder.model_name: MLPAutoencoder,
     LinearPCAAutoencoder.model_name: LinearPCAAutoencoder,
+    KMeansAutoencoder.model_name: KMeansAutoencoder,
 }
 
 
@@ -71,6 +73,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
 __all__ = [
     "MODELS",
     "AutoencoderModule",
+    "KMeansAutoencoder",
     "LinearPCAAutoencoder",
     "MLPAutoencoder",
     "load_model",

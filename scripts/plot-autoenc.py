@@ -22,6 +22,7 @@ from autoexp.classroom.cli import (
     add_overrides_argument,
     add_tensorboard_argument,
     make_parser,
+    positive_int,
     run,
     split_path_and_overrides,
 )
@@ -49,10 +50,18 @@ def make_command_parser():
     add_overrides_argument(parser)
     add_tensorboard_argument(parser)
     parser.add_argument(
-        "--n-images", type=int, default=16, help="number of test images to reconstruct"
+        "--n-images",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="number of test images reconstructed (default 16)",
     )
     parser.add_argument(
-        "--max-filters", type=int, default=64, help="number of filters shown per layer"
+        "--max-filters",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="number of filters shown per layer (default 64)",
     )
     return parser
 

@@ -56,7 +56,7 @@ def make_command_parser():
         "output", type=Path, metavar="OUT", help="checkpoint file to write; must differ from IN"
     )
     for command in (init, train):
-        add_overrides_argument(command)
+        add_overrides_argument(command, "data=fashion_mnist model.latent_dim=16 seed=1")
         add_tensorboard_argument(command)
         add_verbose_argument(command, subcommand=True)
     return parser

@@ -29,13 +29,13 @@ class ConfigRecorder(pl.Callback):
 
 
 def read_model_checkpoint(path: str | Path, model_names: tuple[str, ...]) -> tuple[dict, str]:
-    """Read a checkpoint written by autoexp and check that it holds one of model_names.
+    """Read a checkpoint written by autoexp and check that its model is one of model_names.
 
     Returns:
         The checkpoint dict and its model name.
 
     Raises:
-        ScriptError: The file does not exist, or the checkpoint holds another model.
+        ScriptError: The file does not exist, or the checkpoint contains another model.
         ValueError: The file is not an autoexp checkpoint.
     """
     path = Path(path)

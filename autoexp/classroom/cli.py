@@ -68,13 +68,14 @@ def add_verbose_argument(parser: argparse.ArgumentParser, subcommand: bool = Fal
     )
 
 
-def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+def add_overrides_argument(
+    parser: argparse.ArgumentParser, example: str = "data=fashion_mnist seed=1"
+) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
-        help="Hydra overrides of conf/train.yaml as autoexp-train takes them, "
-        "e.g. data=fashion_mnist model.latent_dim=16 seed=1",
+        help=f"Hydra overrides of conf/train.yaml as autoexp-train takes them, e.g. {example}",
     )
 
 
@@ -143,3 +144,23 @@ def split_path_and_overrides(
     if path is not None and "=" in path and not Path(path).exists():
         return None, [path, *overrides]
     return (Path(path) if path is not None else None), overrides
+
+
+def parse_int(value: str, minimum: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"{value} must be >= {minimum}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """Parse an integer >= 1, for argparse's type."""
+    return parse_int(value, 1)
+
+
+def non_negative_int(value: str) -> int:
+    """Parse an integer >= 0, for argparse's type."""
+    return parse_int(value, 0)

@@ -1,9 +1,9 @@
 """Write a freshly initialised checkpoint, and train one epoch from checkpoint to checkpoint.
 
 Both steps build the data module, the model and the trainer from the composed config as
-`autoexp.train.train` does, and seed in the same order, so N one-epoch steps from an `init`
-checkpoint give the same weights as one N-epoch `autoexp-train` run with the same seed
-(on the CPU, where the kernels are deterministic).
+`autoexp.train.train` does, and seed in the same order. So N one-epoch steps from an `init`
+checkpoint give the same weights as one N-epoch `autoexp-train` run with the same seed. A test
+checks this on the CPU, where the kernels are deterministic.
 """
 
 import logging
@@ -172,3 +172,21 @@ def train_epoch(
         val_loss=float(metrics["val/loss"]),
         n_pixels=model.n_pixels,
     )
+
+
+def fit_quietly(
+    cfg: DictConfig,
+    datamodule: pl.LightningDataModule,
+    model: AutoencoderModule,
+    callbacks: list[pl.Callback] | None = None,
+) -> pl.Trainer:
+    """Fit a model with the configured trainer, without loggers or checkpoint files.
+
+    Returns:
+        The trainer after the fit, e.g. for its callback_metrics.
+    """
+    trainer = instantiate(
+        cfg.trainer, logger=False, callbacks=list(callbacks or []), enable_checkpointing=False
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer

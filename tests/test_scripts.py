@@ -488,3 +488,42 @@ def test_scripts_help(script, tmp_path):
     assert result.returncode == 0
     assert "usage:" in result.stdout
     assert "KEY=VALUE" in result.stdout or "COMMAND" in result.stdout
+
+
+def test_classical_scripts_write_only_their_files(classical):
+    _, folder, _ = classical
+    expected = {
+        "pca-mean.npy",
+        "pca-eigenvalues.npy",
+        "pca-eigenvectors.npy",
+        "pca.json",
+        "pca-mean.png",
+        "pca-eigenvectors.png",
+        "pca-reconstructions.png",
+        "pca-spectrum.png",
+        "kmeans-centroids.npy",
+        "kmeans-assignments.npy",
+        "kmeans.json",
+        "kmeans-centroids.png",
+        "kmeans-cluster-sizes.png",
+        "kmeans-cluster-members.png",
+    }
+    assert {path.name for path in folder.iterdir()} == expected
+
+
+@pytest.mark.parametrize("classical", ["digits"], indirect=True)
+def test_plot_eigen_tensorboard_images(classical, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, folder, _ = classical
+    for path in folder.glob("pca*"):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    assert_ok(call_script("plot-eigen.py", "--tensorboard", "tb", cwd=tmp_path))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    tags = set(events.Tags()["images"])
+    assert tags == {"pca-mean", "pca-eigenvectors", "pca-reconstructions", "pca-spectrum"}
+    # The event holds the PNG file's own pixels.
+    image = events.Images("pca-eigenvectors")[0]
+    pixels = matplotlib.image.imread(tmp_path / "pca-eigenvectors.png")
+    assert (image.height, image.width) == pixels.shape[:2]

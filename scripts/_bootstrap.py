@@ -13,5 +13,6 @@ VENV = Path(__file__).resolve().parent.parent / ".venv"
 VENV_PYTHON = VENV / "bin" / "python"
 
 in_venv = Path(sys.prefix).resolve() == VENV.resolve()
-if importlib.util.find_spec("autoexp") is None and VENV_PYTHON.is_file() and not in_venv:
+missing = any(importlib.util.find_spec(name) is None for name in ("autoexp", "torch"))
+if missing and VENV_PYTHON.is_file() and not in_venv:
     os.execv(VENV_PYTHON, [str(VENV_PYTHON), *sys.argv])

@@ -8,6 +8,7 @@ import pytorch_lightning as pl
 import torch
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.cluster import KMeans, kmeans_plusplus
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from autoexp import load_model
 from autoexp.data import ImageDataModule, load_split
@@ -55,9 +56,14 @@ def sklearn_start(tmp_path_factory) -> tuple[np.ndarray, Path]:
 
 
 @pytest.fixture(scope="module")
-def same_start_run(tmp_path_factory, sklearn_start):
+def same_start_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("lloyd")
+
+
+@pytest.fixture(scope="module")
+def same_start_run(same_start_dir, sklearn_start):
     _, path = sklearn_start
-    return fit_run(tmp_path_factory.mktemp("lloyd"), f"model.init={path}")
+    return fit_run(same_start_dir, f"model.init={path}")
 
 
 def test_kmeans_ae_matches_sklearn_from_same_init(same_start_run, sklearn_start):
@@ -73,6 +79,18 @@ def test_kmeans_ae_matches_sklearn_from_same_init(same_start_run, sklearn_start)
     assert_allclose(model.best_centroids.numpy(), reference.cluster_centers_, atol=1e-9)
     # Lloyd stopped on the tolerance, as scikit-learn did, long before max_epochs.
     assert metrics["kmeans/centroid_shift"] <= model.shift_tolerance.item()
+
+
+def test_kmeans_ae_logs_to_tensorboard(same_start_run, same_start_dir):
+    events = EventAccumulator(str(same_start_dir), size_guidance={"images": 0, "histograms": 0})
+    events.Reload()
+    tags = events.Tags()
+    for name in ("inertia_per_image", "centroid_shift", "empty_clusters", "cluster_size_min"):
+        assert f"kmeans/{name}" in tags["scalars"]
+    assert "kmeans/cluster_sizes" in tags["histograms"]
+    assert "filters/centroids" in tags["images"]
+    assert "images/reconstructions" in tags["images"]
+    assert "figures/cluster_sizes" in tags["images"]
 
 
 def test_kmeans_ae_kmeans_plusplus_within_one_percent(tmp_path):

@@ -9,6 +9,7 @@ import pytorch_lightning as pl
 import torch
 from numpy.testing import assert_allclose
 from sklearn.decomposition import PCA
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from autoexp import load_model
 from autoexp.data import ImageDataModule, load_split
@@ -47,8 +48,13 @@ def gradient_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eigh_run(tmp_path_factory):
-    return fit_run(tmp_path_factory.mktemp("eigh"), "model.latent_dim=8", "model.solver=eigh")
+def eigh_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("eigh")
+
+
+@pytest.fixture(scope="module")
+def eigh_run(eigh_dir):
+    return fit_run(eigh_dir, "model.latent_dim=8", "model.solver=eigh")
 
 
 def sklearn_test_mse(pca: PCA, name: str = "digits") -> float:
@@ -77,6 +83,17 @@ def test_linear_pca_ae_eigh_matches_sklearn(eigh_run, digits_pca):
     assert_allclose(metrics["test/mse"], sklearn_test_mse(digits_pca), rtol=1e-4)
     # One pass over the data is the whole fit.
     assert model.n_samples.item() == len(load_split("digits", "train"))
+
+
+def test_linear_pca_ae_logs_to_tensorboard(eigh_run, eigh_dir):
+    events = EventAccumulator(str(eigh_dir), size_guidance={"images": 0, "tensors": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "pca/explained_variance_ratio_cumulative" in tags["scalars"]
+    assert "pca/max_principal_angle_deg" in tags["scalars"]
+    assert "pca/explained_variance_ratio/text_summary" in tags["tensors"]
+    assert "filters/components" in tags["images"]
+    assert "figures/explained_variance_ratio" in tags["images"]
 
 
 def test_linear_pca_ae_filters_same_for_both_solvers(gradient_run, eigh_run):

@@ -125,6 +125,9 @@ class KMeansAutoencoder(AutoencoderModule):
     the last epoch, `best_run`, so W = centroids[best_run].T. The centroids change only in
     closed form: no optimizer moves them.
 
+    NOTE: this model has run on CPUs only, in one process and under DDP with gloo. Its CUDA
+    path has not run.
+
     Args:
         image_shape: (channels, height, width) of the images.
         latent_dim: Number of clusters k, at most the number of training images.
@@ -228,6 +231,25 @@ class KMeansAutoencoder(AutoencoderModule):
 
     def filters(self) -> dict[str, torch.Tensor]:
         return {"centroids": self.best_centroids.float().reshape(-1, *self.image_shape)}
+
+    def figures(self) -> dict:
+        """Return a matplotlib bar chart of the best run's cluster sizes, for ImageLogger to
+        log as `figures/cluster_sizes`."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        sizes = self.counts[self.best_run].cpu().numpy()
+        figure, axis = plt.subplots(figsize=(5, 3))
+        axis.bar(range(self.latent_dim), sizes)
+        axis.set_xlabel("cluster")
+        if self.solver == "lloyd":
+            axis.set_ylabel("training images in the last epoch")
+        else:
+            axis.set_ylabel("images assigned so far")
+        figure.tight_layout()
+        return {"cluster_sizes": figure}
 
     # Initialization.
 

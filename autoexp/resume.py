@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from autoexp.checkpoint_io import check_resume_checkpoint
+
 # Overrides that may change between the legs of one run without making it another config.
 RESUME_FREE_KEYS = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps")
 
@@ -24,11 +26,17 @@ def comparable_overrides(overrides: list[str]) -> list[str]:
     return sorted(kept)
 
 
+# Checkpoints a run can be resumed from: the one saved at each epoch end, and the one saved when
+# a signal stopped training.
+RESUMABLE_CHECKPOINTS = ("last.ckpt", "interrupted.ckpt")
+
+
 def find_last_checkpoint(log_dir: Path, overrides: list[str]) -> Path:
-    """Return `checkpoints/last.ckpt` of the newest single run launched with the same overrides.
+    """Return the newest resumable checkpoint of the runs launched with the same overrides.
 
     Runs are the folders `log_dir/<date>/<time>`; overrides of ckpt_path, trainer.max_epochs
-    and trainer.max_steps are ignored in the comparison.
+    and trainer.max_steps are ignored in the comparison. The newest of the runs'
+    `checkpoints/last.ckpt` and `checkpoints/interrupted.ckpt` files wins.
 
     Raises:
         ResumeError: No such run has a last checkpoint.
@@ -37,12 +45,13 @@ def find_last_checkpoint(log_dir: Path, overrides: list[str]) -> Path:
     candidates = []
     for overrides_file in log_dir.glob("*/*/.hydra/overrides.yaml"):
         run_dir = overrides_file.parent.parent
-        checkpoint = run_dir / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
-            continue
         saved = [str(item) for item in OmegaConf.load(overrides_file)]
-        if comparable_overrides(saved) == wanted:
-            candidates.append((checkpoint.stat().st_mtime, checkpoint))
+        if comparable_overrides(saved) != wanted:
+            continue
+        for name in RESUMABLE_CHECKPOINTS:
+            checkpoint = run_dir / "checkpoints" / name
+            if checkpoint.is_file():
+                candidates.append((checkpoint.stat().st_mtime, checkpoint))
     if not candidates:
         shown = " ".join(wanted) or "(no overrides)"
         raise ResumeError(
@@ -94,6 +103,11 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
         checkpoint = Path(value).expanduser().absolute()
         if not checkpoint.is_file():
             raise ResumeError(f"ckpt_path={value!r} not found: tried {checkpoint}")
+    try:
+        # The model type and shapes are checked again in train(), against the config's model.
+        check_resume_checkpoint(checkpoint, None)
+    except ValueError as error:
+        raise ResumeError(str(error)) from error
 
     resolved = [*overrides[:index], f"ckpt_path={checkpoint}", *overrides[index + 1 :]]
     run_dir = run_dir_of(checkpoint)

@@ -1,6 +1,7 @@
 """Run folders: distinct folders per run, and ckpt_path resolved on the command line."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,16 @@ def test_prepare_resume_missing_file(tmp_path, monkeypatch):
         prepare_resume(["ckpt_path=nowhere.ckpt"], tmp_path / "outputs", multirun=False)
 
 
+def test_prepare_resume_rejects_corrupt_checkpoint(tmp_path):
+    run_dir = make_run(tmp_path / "outputs", "10-00-00", [])
+    with pytest.raises(ResumeError, match="last.ckpt is not a readable checkpoint"):
+        prepare_resume([f"ckpt_path={run_dir}/checkpoints/last.ckpt"], tmp_path, False)
+
+
 def test_prepare_resume_continues_in_run_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # The empty placeholder checkpoint would be rejected; its checks are tested elsewhere.
+    monkeypatch.setattr("autoexp.resume.check_resume_checkpoint", lambda path, model: None)
     run_dir = make_run(tmp_path / "outputs", "10-00-00", [])
     relative = "outputs/2026-01-01/10-00-00/checkpoints/last.ckpt"
     overrides = prepare_resume([f"ckpt_path={relative}"], tmp_path / "outputs", False)
@@ -82,3 +91,12 @@ def test_cli_rejects_missing_checkpoint(tmp_path):
     assert result.returncode == 2
     assert f"not found: tried {tmp_path / 'missing' / 'last.ckpt'}" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_find_last_checkpoint_prefers_newer_interrupted(tmp_path):
+    run_dir = make_run(tmp_path, "10-00-00", [])
+    interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
+    interrupted.write_bytes(b"")
+    last_time = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime
+    os.utime(interrupted, (last_time + 10, last_time + 10))
+    assert find_last_checkpoint(tmp_path, ["ckpt_path=last"]) == interrupted

@@ -117,7 +117,7 @@ def test_report_summarises_sweep(sweep):
         assert float(row["test/mse"]) == record["metrics"]["test/mse"]
         assert int(row["n_parameters"]) == record["n_parameters"]
         assert row["status"] == "ok"
-    assert rows[FAILING_JOB]["status"].startswith("failed: ValueError")
+    assert rows[FAILING_JOB]["status"].startswith("failed: ConfigError: model.latent_dim=100")
     assert (sweep_dir / "summary.md").read_text().count("\n") == 2 + len(JOBS)
     assert (sweep_dir / "mse_vs_latent.png").stat().st_size > 10_000
     assert "model=mlp_ae,model.latent_dim=2" in result.stdout

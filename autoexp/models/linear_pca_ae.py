@@ -111,8 +111,9 @@ class LinearPCAAutoencoder(AutoencoderModule):
 
     The training images' mean mu and covariance are kept as float64 buffers, so a loaded
     checkpoint can still report its principal components, explained variance ratios and
-    distance from exact PCA. The sums behind them are float64; each batch's x^T x is a
-    float32 product, exact to about 1e-7 relative.
+    distance from exact PCA. Both are summed in float64 over the batches. Each batch's x^T x is
+    a float32 product, which kept the covariance entries of Fashion-MNIST within 2e-7 of the
+    float64 result, relative to the largest entry.
 
     NOTE: this model has run on CPUs only, in one process and under DDP with gloo. Its CUDA
     path (float64 sums and eigh on the GPU) has not run.

@@ -18,11 +18,12 @@ import torch
 
 from autoexp.bench import report
 from autoexp.bench.memory import peak_rss_mb
+from autoexp.bench.solvers import KMEANS_CLUSTERS, PCA_COMPONENTS, SolverBench
 from autoexp.bench.timing import column, paired_ratio, run_alternating
 from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
 from autoexp.data import load_splits
 
-PARTS = ("training", "memory")
+PARTS = ("training", "pca", "kmeans", "memory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -140,6 +141,64 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
     return {"summary": summary, "ratios": ratios}
 
 
+def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
+    progress(f"PCA: {repeats} timed rounds")
+    runs = run_alternating(
+        {
+            "autoexp": bench.pca_autoexp,
+            "sklearn_covariance_eigh": bench.pca_sklearn_covariance_eigh,
+            "sklearn_full": bench.pca_sklearn_full,
+        },
+        repeats,
+    )
+    raw = {
+        name: columns(name_runs, ("time_s", "fit_s", "error")) for name, name_runs in runs.items()
+    }
+    autoexp = raw["autoexp"]
+    ratios, error_diffs = {}, {}
+    for solver in ("covariance_eigh", "full"):
+        other = raw[f"sklearn_{solver}"]
+        ratios[f"pca_vs_sklearn_{solver}"] = paired_ratio(autoexp["time_s"], other["time_s"])
+        error_diffs[f"pca_error_rel_diff_{solver}"] = statistics.median(
+            abs(mine - theirs) / theirs
+            for mine, theirs in zip(autoexp["error"], other["error"], strict=True)
+        )
+    summary = {
+        "components": PCA_COMPONENTS,
+        "runs": raw,
+        "median": {
+            name: {key: statistics.median(values) for key, values in figures.items()}
+            for name, figures in raw.items()
+        },
+        **error_diffs,
+    }
+    return {"summary": summary, "ratios": ratios}
+
+
+def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
+    progress(f"k-means: {repeats} timed rounds")
+    runs = run_alternating(
+        {"autoexp": bench.kmeans_autoexp, "sklearn": bench.kmeans_sklearn}, repeats
+    )
+    keys = ("time_s", "fit_s", "iterations", "inertia")
+    raw = {name: columns(name_runs, keys) for name, name_runs in runs.items()}
+    ratios = {
+        "kmeans_time_vs_sklearn": paired_ratio(raw["autoexp"]["time_s"], raw["sklearn"]["time_s"]),
+        "kmeans_inertia_vs_sklearn": paired_ratio(
+            raw["autoexp"]["inertia"], raw["sklearn"]["inertia"]
+        ),
+    }
+    summary = {
+        "clusters": KMEANS_CLUSTERS,
+        "runs": raw,
+        "median": {
+            name: {key: statistics.median(values) for key, values in figures.items()}
+            for name, figures in raw.items()
+        },
+    }
+    return {"summary": summary, "ratios": ratios}
+
+
 RATIO_KEYS = (
     "train_vs_plain",
     "per_sample_vs_train",
@@ -175,6 +234,15 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 measured = measure_training(training, args.repeats)
                 results["training"] = measured["summary"]
                 ratios.update(measured["ratios"])
+            solvers = SolverBench(data, device, args.data_root, training.datamodule, work)
+            if "pca" not in args.skip:
+                measured = measure_pca(solvers, args.repeats)
+                results["pca"] = measured["summary"]
+                ratios.update(measured["ratios"])
+            if "kmeans" not in args.skip:
+                measured = measure_kmeans(solvers, args.repeats)
+                results["kmeans"] = measured["summary"]
+                ratios.update(measured["ratios"])
 
         results["peak_rss_mb"] = None
         if "memory" not in args.skip:
@@ -186,6 +254,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
     results["ratios"] = ratios
     checked = {**ratios, "peak_rss_mb": results["peak_rss_mb"]}
+    for key in ("pca_error_rel_diff_covariance_eigh", "pca_error_rel_diff_full"):
+        checked[key] = results.get("pca", {}).get(key)
     results["targets"] = report.check_targets(checked)
     results["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2)
     results["total_time_s"] = time.perf_counter() - start

@@ -115,7 +115,8 @@ class EpochTimer(pl.Callback):
     def __init__(self):
         self.train_pass_s: list[float] = []
         self.first_epoch_s: float | None = None
-        self.fit_to_trained_s: float | None = None
+        # From the start of the fit (after Trainer setup) to the start of the first epoch.
+        self.before_first_epoch_s: float | None = None
         self._fit_start: float | None = None
         self._epoch_start: float | None = None
         self._pass_done = True
@@ -130,6 +131,8 @@ class EpochTimer(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         now = self._now(pl_module)
+        if self._epoch_start is None and self._fit_start is not None:
+            self.before_first_epoch_s = now - self._fit_start
         if self._epoch_start is not None and self.first_epoch_s is None:
             self.first_epoch_s = now - self._epoch_start
         self._epoch_start = now
@@ -140,8 +143,6 @@ class EpochTimer(pl.Callback):
             return
         now = self._now(pl_module)
         self.train_pass_s.append(now - self._epoch_start)
-        if self._fit_start is not None:
-            self.fit_to_trained_s = now - self._fit_start
         self._pass_done = True
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -160,9 +161,10 @@ def fit_with_timer(cfg: DictConfig, datamodule: ImageDataModule, seed: int) -> d
     """Fit the model of cfg as autoexp-train does, with an EpochTimer among its callbacks.
 
     Returns:
-        The EpochTimer's figures (`train_pass_s`, `first_epoch_s`, `fit_to_trained_s`),
-        `fit_s` (the whole Trainer.fit call), `epochs` (the number of epochs run) and the
-        fitted `model`, moved to the CPU.
+        The EpochTimer's figures (`train_pass_s`, `first_epoch_s`), `solve_s` (the time
+        before the first epoch, where models initialize, plus all training passes), `fit_s`
+        (the whole Trainer.fit call), `epochs` (the number of epochs run) and the fitted
+        `model`, moved to the CPU.
     """
     pl.seed_everything(seed, workers=True, verbose=False)
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
@@ -175,7 +177,7 @@ def fit_with_timer(cfg: DictConfig, datamodule: ImageDataModule, seed: int) -> d
     return {
         "train_pass_s": timer.train_pass_s,
         "first_epoch_s": timer.first_epoch_s,
-        "fit_to_trained_s": timer.fit_to_trained_s,
+        "solve_s": (timer.before_first_epoch_s or 0.0) + sum(timer.train_pass_s),
         "fit_s": fit_s,
         "epochs": len(timer.train_pass_s),
         "model": model.cpu(),
@@ -262,7 +264,8 @@ class TrainingBench:
         start = time.perf_counter()
         order = torch.randperm(len(self.device_images), generator=generator).to(self.device)
         for index in order.split(BATCH_SIZE):
-            x = self.device_images[index].flatten(1).float().div_(pixel_max)
+            # The same gather and conversion as autoexp's data module.
+            x = self.device_images.index_select(0, index).flatten(1).float().div_(pixel_max)
             loss = reconstruction_loss(x, model(x))
             optimizer.zero_grad()
             loss.backward()

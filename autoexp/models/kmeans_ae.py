@@ -49,7 +49,8 @@ def squared_distances(
         x_norms: ||x_i||^2 of each row of x, if already known.
     """
     if x_norms is None:
-        x_norms = (x * x).sum(1)
+        # einsum makes no (n, d) temporary, unlike (x * x).sum(1).
+        x_norms = torch.einsum("ij,ij->i", x, x)
     distances = x_norms[:, None] - 2 * (x @ centroids.T) + (centroids * centroids).sum(1)
     return distances.clamp_(min=0)
 
@@ -77,7 +78,7 @@ def kmeans_plusplus(
     n = len(x)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(k))
-    norms = (x * x).sum(1)
+    norms = torch.einsum("ij,ij->i", x, x)
     chosen = torch.empty(k, dtype=torch.long)
     chosen[0] = torch.randint(n, (1,), generator=generator).item()
     closest = squared_distances(x, x[chosen[:1]], norms)[:, 0]

@@ -28,15 +28,16 @@ class TrainingInterrupted(SystemExit):
 
 
 def saved_checkpoint(trainer: pl.Trainer) -> str | None:
-    """Return the newest checkpoint that the ModelCheckpoint callback wrote, or None."""
-    callback = trainer.checkpoint_callback
-    for path in (
-        getattr(callback, "last_model_path", ""),
-        getattr(callback, "best_model_path", ""),
-    ):
-        if path and Path(path).is_file():
-            return path
-    return None
+    """Return the newest checkpoint that the ModelCheckpoint callbacks wrote, or None."""
+    paths = [
+        Path(path)
+        for callback in trainer.checkpoint_callbacks
+        for path in (callback.last_model_path, callback.best_model_path)
+        if path and Path(path).is_file()
+    ]
+    if not paths:
+        return None
+    return str(max(paths, key=lambda path: path.stat().st_mtime))
 
 
 def first_non_finite(state_dict: dict[str, Any]) -> tuple[str, float] | None:

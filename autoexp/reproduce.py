@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if result.returncode != 0 or not (out / "metrics.json").is_file():
         print(
             f"autoexp-reproduce: the new run failed with exit code {result.returncode}; "
-            f"see {out / 'train.log'}",
+            "its error is printed above",
             file=sys.stderr,
         )
         return 2

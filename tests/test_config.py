@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from autoexp.config import ConfigError, validate_config
 from autoexp.config.command_line import check_command_line
@@ -17,7 +18,12 @@ INVALID_COMMAND_LINES = [
     (["trainr.max_epochs=3"], "did you mean 'trainer.max_epochs'?"),
     (["model=mlp"], "model=mlp: no such option of group 'model'; did you mean 'mlp_ae'?"),
     (["+model.foo=1"], "model.foo: unknown key"),
-    (["model.optimizer.lr=0"], "model.optimizer.lr=0 must be > 0"),
+    (["model.optimizer.lr=0"], "model.optimizer.lr=0 must be finite and > 0"),
+    (["model.optimizer.lr=inf"], "model.optimizer.lr=inf must be finite and > 0"),
+    (["seed=-1"], "seed=-1 must be in [0, 2**32 - 1]"),
+    (["data.num_workers=-1"], "data.num_workers=-1 must be >= 0"),
+    (["model.activation=foo"], "model.activation='foo' is not supported"),
+    (["data=mnist", "data.root=empty"], "MNIST IDX files not found"),
     (["model.latent_dim=0"], "model.latent_dim=0 must be >= 1"),
     (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be in (0, 1)"),
     (["data.batch_size=0"], "data.batch_size=0 must be >= 1"),
@@ -67,6 +73,25 @@ def test_check_command_line_warns_partial_sweep(tmp_path, monkeypatch, capsys):
     assert check_command_line(argv, CONFIG_DIR, "train") == 0
     err = capsys.readouterr().err
     assert "warning: job model=linear_pca_ae,model.latent_dim=65 will fail" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_check_command_line_rejects_missing_gpu(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert check_command_line(["trainer=gpu"], CONFIG_DIR, "train") == 2
+    assert "no CUDA GPU is available here; use trainer=cpu" in capsys.readouterr().err
+
+
+def test_check_command_line_reads_saved_config(train_config, tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    saved = tmp_path / "model=mlp_ae,model.latent_dim=8" / ".hydra"
+    saved.mkdir(parents=True)
+    cfg = train_config("model.latent_dim=8")
+    OmegaConf.save({key: cfg[key] for key in cfg if key != "hydra"}, saved / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--config-dir", str(saved), "--config-name", "config"]
+    assert check_command_line(argv, CONFIG_DIR, "train") == 0
 
 
 def test_check_command_line_skips_help(capsys):

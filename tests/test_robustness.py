@@ -224,9 +224,10 @@ def test_cli_rejects_corrupt_checkpoint(fitted, tmp_path):
     result = run_cli(
         ["-m", "autoexp.train", *CLI_FAST, f"ckpt_path={corrupt}"], cwd=tmp_path, timeout=120
     )
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert f"{corrupt} is not a readable checkpoint" in result.stderr
-    # Training never started: no events and no checkpoint were written.
+    # Rejected before Hydra started: no run folder, no events and no checkpoint were written.
+    assert not (tmp_path / "outputs").exists()
     assert not list((tmp_path / "outputs").rglob("events.out.tfevents*"))
     assert list(tmp_path.rglob("*.ckpt")) == [corrupt]
 

@@ -3,6 +3,7 @@
 import itertools
 import re
 import sys
+from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
@@ -23,10 +24,10 @@ INFORMATIONAL_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion", 
 
 def _compose(config_dir: str, config_name: str, overrides: list[str], extra_dir: str | None):
     GlobalHydra.instance().clear()
-    if extra_dir:
-        overrides = [*overrides, f"hydra.searchpath=[file://{extra_dir}]"]
+    # With --config-dir (a saved run's .hydra folder, say), the config comes from that folder.
+    primary_dir = str(Path(extra_dir).absolute()) if extra_dir else config_dir
     try:
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        with initialize_config_dir(config_dir=primary_dir, version_base="1.3"):
             cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
@@ -48,7 +49,7 @@ def _explain_composition_error(error: HydraException, compose_groups_only) -> st
         except HydraException:
             candidates = []
         hint = suggestion(key, candidates)
-        return f"{key}: unknown key{hint or ''}; to add a new key, write +{key}=VALUE"
+        return f"{key}: unknown key{hint}"
     missing = re.match(r"In '[^']+': Could not find '([^/']+)/([^']+)'", message)
     if missing:
         group, option = missing.groups()

@@ -157,18 +157,33 @@ def check_values(cfg: DictConfig) -> list[str]:
     if latent_dim is not None and latent_dim < 1:
         problems.append(f"model.latent_dim={latent_dim} must be >= 1")
     lr = OmegaConf.select(cfg, "model.optimizer.lr", default=None)
-    if isinstance(lr, int | float) and not lr > 0:
-        problems.append(f"model.optimizer.lr={lr} must be > 0, for example 1e-3")
+    if isinstance(lr, int | float) and not (lr > 0 and math.isfinite(lr)):
+        problems.append(f"model.optimizer.lr={lr} must be finite and > 0, for example 1e-3")
+    seed = cfg.get("seed")
+    if isinstance(seed, int) and not 0 <= seed < 2**32:
+        problems.append(f"seed={seed} must be in [0, 2**32 - 1], the range that seeds NumPy")
+    activation = OmegaConf.select(cfg, "model.activation", default=None)
+    if model_name(cfg) == "mlp_ae" and activation is not None:
+        from autoexp.models.mlp_ae import ACTIVATIONS
+
+        if activation not in ACTIVATIONS:
+            supported = sorted(ACTIVATIONS)
+            problems.append(
+                f"model.activation={activation!r} is not supported; use one of {supported}"
+            )
     if trainer is not None:
         max_epochs = trainer.get("max_epochs")
         if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
             problems.append(f"trainer.max_epochs={max_epochs} must be >= 1 (or -1 for no limit)")
+        problems += check_accelerator(trainer.get("accelerator"))
     if data is None:
         return problems
 
     for key in ("batch_size", "eval_batch_size"):
         if data.get(key) is not None and data[key] < 1:
             problems.append(f"data.{key}={data[key]} must be >= 1")
+    if data.get("num_workers") is not None and data.num_workers < 0:
+        problems.append(f"data.num_workers={data.num_workers} must be >= 0 (0 loads in-process)")
     val_fraction = data.get("val_fraction")
     if val_fraction is not None and not 0 < val_fraction < 1:
         problems.append(f"data.val_fraction={val_fraction} must be in (0, 1), for example 0.1")
@@ -184,6 +199,14 @@ def check_values(cfg: DictConfig) -> list[str]:
         )
     if problems or latent_dim is None or latent_dim < 1:
         return problems
+
+    if name != "digits" and not data.get("download"):
+        from autoexp.data.sources import find_idx_files
+
+        try:
+            find_idx_files(name, data.get("root") or "data")
+        except FileNotFoundError as error:
+            return [*problems, f"data.root={data.get('root')!r}: {error}"]
 
     n_pixels = math.prod(IMAGE_SHAPES[name])
     n_train = count_training_images(name, data.get("root"), val_fraction, test_fraction)
@@ -201,6 +224,18 @@ def check_values(cfg: DictConfig) -> list[str]:
             f"training images of {name}, for {kind}; choose a smaller model.latent_dim"
         )
     return problems
+
+
+def check_accelerator(accelerator: Any) -> list[str]:
+    """Return a problem when the config asks for a GPU that this machine does not have."""
+    import torch
+
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [
+            f"trainer.accelerator={accelerator!r} but no CUDA GPU is available here; use "
+            "trainer=cpu, or trainer=default to take a GPU only where there is one"
+        ]
+    return []
 
 
 def validate_config(cfg: DictConfig) -> None:

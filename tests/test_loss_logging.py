@@ -1,7 +1,9 @@
-"""Training-loss logging of AutoencoderModule: train/loss per written step, train/loss_epoch."""
+"""Training-loss logging of AutoencoderModule: train/loss per written step, train/loss_epoch,
+and the progress bar's refresh rate."""
 
 import pytest
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import CSVLogger
 
 from autoexp.data import ImageDataModule
@@ -21,7 +23,7 @@ class BatchLosses(pl.Callback):
 
 
 def fit_digits(
-    tmp_path, batch_size: int, log_every_n_steps: int
+    tmp_path, batch_size: int, log_every_n_steps: int, progress_bar: bool = False
 ) -> tuple[pl.Trainer, BatchLosses]:
     pl.seed_everything(0, verbose=False)
     datamodule = ImageDataModule("digits", batch_size=batch_size)
@@ -33,7 +35,7 @@ def fit_digits(
         logger=CSVLogger(tmp_path, name="", version=""),
         callbacks=[losses],
         log_every_n_steps=log_every_n_steps,
-        enable_progress_bar=False,
+        enable_progress_bar=progress_bar,
         enable_checkpointing=False,
         enable_model_summary=False,
         limit_val_batches=0,
@@ -61,3 +63,14 @@ def test_train_loss_logged_on_written_steps(tmp_path):
     values = [float(row["train/loss"]) for row in written if row["train/loss"]]
     assert values == pytest.approx([losses.losses[step] for step in steps], rel=1e-5)
     assert trainer.callback_metrics["train/loss"].item() == pytest.approx(losses.losses[19])
+
+
+def test_progress_bar_refreshes_with_logs(tmp_path):
+    trainer, _ = fit_digits(tmp_path, batch_size=64, log_every_n_steps=5, progress_bar=True)
+    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar)
+    assert trainer.progress_bar_callback.refresh_rate == 5
+
+
+def test_progress_bar_off_stays_off(tmp_path):
+    trainer, _ = fit_digits(tmp_path, batch_size=64, log_every_n_steps=5, progress_bar=False)
+    assert trainer.progress_bar_callback is None

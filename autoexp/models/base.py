@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 
 def to_container(value: Any) -> Any:
@@ -109,6 +110,21 @@ class AutoencoderModule(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         return self.shared_step(batch, "train")
+
+    def configure_callbacks(self) -> list[pl.Callback]:
+        """Redraw Lightning's default progress bar when the loggers write, not every batch.
+
+        A redraw after every batch took about 0.3 ms per training step on a 2-core CPU, 4% of
+        an mlp_ae step on Fashion-MNIST, and train/loss changes only every
+        `trainer.log_every_n_steps` batches anyway. Any other progress bar, or a
+        TQDMProgressBar with a refresh rate other than 1, is kept as it is.
+        """
+        trainer = self._trainer
+        bar = trainer.progress_bar_callback if trainer is not None else None
+        every_n_steps = trainer.log_every_n_steps if trainer is not None else 1
+        if type(bar) is not TQDMProgressBar or bar.refresh_rate != 1 or every_n_steps <= 1:
+            return []
+        return [TQDMProgressBar(refresh_rate=every_n_steps)]
 
     def on_train_epoch_end(self) -> None:
         # Subclasses that override this hook must call super().on_train_epoch_end().

@@ -1,5 +1,6 @@
 """Callbacks that log images and hyperparameters to TensorBoard, and that end a run safely."""
 
+from autoexp.callbacks.checkpoints import LastCheckpoint
 from autoexp.callbacks.hparams import HPARAM_METRICS, HparamsLogger
 from autoexp.callbacks.images import ImageLogger
 from autoexp.callbacks.safety import (
@@ -14,6 +15,7 @@ __all__ = [
     "HparamsLogger",
     "ImageLogger",
     "InterruptCheckpoint",
+    "LastCheckpoint",
     "NonFiniteLossCheck",
     "TrainingDivergedError",
     "TrainingInterrupted",

@@ -82,9 +82,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("autoexp.job_name", job_name)
     if not OmegaConf.has_resolver("autoexp.reserve_run_dir"):
         # Cached, so that resolving hydra.run.dir again returns the same folder.
-        OmegaConf.register_new_resolver(
-            "autoexp.reserve_run_dir", reserve_run_dir, use_cache=True
-        )
+        OmegaConf.register_new_resolver("autoexp.reserve_run_dir", reserve_run_dir, use_cache=True)
 
 
 def describe_error(error: BaseException) -> str:

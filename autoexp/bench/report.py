@@ -228,9 +228,9 @@ runs from the same repeat.
   - *per-sample pipeline*: a dataset that returns one `PIL.Image` at a time through
     torchvision's `ToTensor`, as torchvision's `FashionMNIST` does, and a `DataLoader`
     with `shuffle=True`, the default collate and no worker processes.
-  - GFLOP/s of the plain loop count 6 x parameters x images per epoch; the exact count of
-    the matrix products (forward, weight gradients, input gradients but the first
-    layer's) is 14% lower for this network and is shown beside it. The float32 matmul
+  - GFLOP/s of the plain loop count 6 x parameters x images per epoch. The exact count of
+    the matrix products (forward, weight gradients, and input gradients of every layer but
+    the first) is 14% lower for this network and is shown beside it. The float32 matmul
     figure is the throughput of 2048 x 2048 products (8192 on a GPU), measured once per
     repeat.
 - **PCA and k-means.** autoexp's models run in `Trainer.fit` with the configs of `conf/`.
@@ -260,8 +260,9 @@ def machine_lines(results: dict[str, Any]) -> list[str]:
     lines = [
         f"- CPU: {machine['cpu']}, {machine['cpu_count']} cores, "
         f"{machine['torch_threads']} torch threads",
-        f"- Load average (1 min): {machine['load_average_1min']} at the start, "
-        f"{machine.get('load_average_1min_end', '-')} at the end",
+        f"- Load average (1 min): {machine['load_average_1min']} before the run, "
+        f"{machine.get('load_average_1min_end', '-')} at its end (the benchmark's own threads "
+        "included)",
         f"- torch {machine['torch']}, scikit-learn {machine['scikit_learn']}, "
         f"Python {machine['python']}, {machine['platform']}",
     ]

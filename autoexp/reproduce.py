@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("outputs", "reproduce", time.strftime("%Y-%m-%d/%H-%M-%S"))
     out = out.expanduser().absolute()
     if (out / "metrics.json").exists():
-        print(f"autoexp-reproduce: {out} already holds a run; pass another --out", file=sys.stderr)
+        print(
+            f"autoexp-reproduce: {out} already contains a run; pass another --out", file=sys.stderr
+        )
         return 2
     command = [
         sys.executable,

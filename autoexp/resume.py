@@ -83,7 +83,7 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
     """Return the overrides with ckpt_path made absolute, plus hydra.run.dir of its run.
 
     `ckpt_path=last` becomes the newest matching run's last checkpoint. A single run resumed
-    from a checkpoint that a run folder holds continues in that folder, so its TensorBoard
+    from a checkpoint inside a run folder continues in that folder, so its TensorBoard
     run, checkpoints and metrics.json stay in one place.
 
     Raises:

@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def remove_unused_run_dir(output_dir: Path) -> None:
-    """Delete a run folder that holds no checkpoint, events or metrics, only Hydra's files."""
+    """Delete a run folder that contains only Hydra's files: no checkpoint, events or metrics."""
     if not output_dir.is_dir():
         return
     kept = {".hydra", "train.log", "hparams.yaml"}

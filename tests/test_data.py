@@ -109,7 +109,8 @@ def test_data_module_batches_are_float_in_unit_range():
     images, labels = datamodule.on_after_batch_transfer((images, labels), 0)
     assert images.dtype == torch.float32
     assert images.shape == (32, 1, 8, 8)
-    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.min() >= 0.0
+    assert images.max() <= 1.0
     assert labels.shape == (32,)
 
 

@@ -9,7 +9,7 @@ class LastCheckpoint(ModelCheckpoint):
     """Rewrites `<dirpath>/last.ckpt` at the end of every epoch.
 
     pytorch-lightning 2.6's `save_last` rewrites last.ckpt only in epochs that also saved a new
-    best checkpoint, so after an epoch without improvement it holds an older epoch. This
+    best checkpoint, so after an epoch without improvement it contains an older epoch. This
     callback saves without a monitor instead. Its own class gives it a state key of its own, so
     it can sit next to a ModelCheckpoint with any settings, `monitor=null` included.
 

@@ -227,7 +227,7 @@ def check_values(cfg: DictConfig) -> list[str]:
 
 
 def check_accelerator(accelerator: Any) -> list[str]:
-    """Return a problem when the config asks for a GPU that this machine does not have."""
+    """Return a problem when the config requests a GPU that this machine does not have."""
     import torch
 
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():

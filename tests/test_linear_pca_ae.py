@@ -14,7 +14,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from autoexp import load_model
 from autoexp.data import ImageDataModule, load_split
 from autoexp.models import LinearPCAAutoencoder
-from autoexp.models.linear_pca_ae import full_gradient, max_principal_angle, orthonormal_rows
+from autoexp.models.linear_pca_ae import (
+    full_gradient,
+    max_principal_angle,
+    orthonormal_rows,
+    top_eigenvectors,
+)
 from autoexp.train import train
 from tests.conftest import compose_train_config, requires_fashion_mnist
 
@@ -210,6 +215,20 @@ def test_linear_pca_ae_ddp_matches_single_process(eigh_run, tmp_path):
     assert ddp.n_samples.item() == single.n_samples.item()
     assert_allclose(ddp.mean.numpy(), single.mean.numpy(), atol=1e-12)
     assert_allclose(ddp.weight.detach().numpy(), single.weight.detach().numpy(), atol=1e-5)
+
+
+def test_top_eigenvectors_match_full_eigh():
+    generator = torch.Generator().manual_seed(0)
+    factor = torch.randn(200, 50, generator=generator, dtype=torch.float64)
+    covariance = factor.T @ factor / 200
+    components, variances = top_eigenvectors(covariance, 5)
+    values, vectors = torch.linalg.eigh(covariance)
+    assert_allclose(variances.numpy(), values.flip(0)[:5].numpy(), rtol=1e-12)
+    cosines = (components @ vectors.flip(1)[:, :5]).diagonal().abs()
+    assert_allclose(cosines.numpy(), 1.0, atol=1e-10)
+    # fix_signs: the entry of largest absolute value of each component is positive.
+    largest = components.gather(1, components.abs().argmax(1, keepdim=True))
+    assert (largest > 0).all()
 
 
 def test_full_gradient_matches_autograd():

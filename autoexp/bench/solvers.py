@@ -24,7 +24,7 @@ PCA_COMPONENTS = 32
 KMEANS_CLUSTERS = 10
 # The eigh solver's result does not depend on the batch size. Large batches mean fewer training
 # steps and fewer float64 additions of Gram matrices (see conf/model/linear_pca_ae.yaml).
-PCA_BATCH_SIZE = 4096
+PCA_BATCH_SIZE = 8192
 
 
 def solver_overrides(data: str, device: torch.device, model: list[str]) -> list[str]:

@@ -4,6 +4,9 @@ import contextlib
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -115,3 +118,17 @@ def test_check_targets_sides():
     assert checks["train_vs_plain"]["met"] is False
     assert checks["per_sample_vs_train"]["met"] is True
     assert checks["peak_rss_mb"]["met"] is None
+
+
+def test_import_sets_openblas_thread_timeout_unless_set():
+    code = "import autoexp, os; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {key: value for key, value in os.environ.items() if key != "OPENBLAS_THREAD_TIMEOUT"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "20"
+    env["OPENBLAS_THREAD_TIMEOUT"] = "8"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "8"

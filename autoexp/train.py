@@ -79,6 +79,14 @@ def make_callbacks(cfg: DictConfig, settings: dict[str, Any]) -> list[pl.Callbac
     for name, callback_cfg in (cfg.get("callbacks") or {}).items():
         if callback_cfg is None:
             continue
+        if "_target_" not in callback_cfg:
+            # A model config may set options of a callback that this callbacks group lacks.
+            log.warning(
+                "callbacks.%s sets options but has no _target_, because the callbacks group "
+                "does not define it; no callback is made from it",
+                name,
+            )
+            continue
         callback = instantiate(callback_cfg)
         if isinstance(callback, HparamsLogger):
             callback.settings.update(settings)

@@ -37,6 +37,8 @@ INVALID_COMMAND_LINES = [
         ["model=kmeans_ae", "model.latent_dim=1295"],
         "model.latent_dim=1295 (clusters) must be <= 1294, the number of training images",
     ),
+    (["callbacks=null"], "callbacks=null: a config group cannot be set to null on the command"),
+    (["callbacks.image_logger.every_n_epochs=0"], "every_n_epochs=0 must be >= 1"),
     (["seed=${nope}"], "seed: interpolation failed to resolve"),
     (["seed=???"], "seed: missing mandatory value"),
 ]

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import autoexp
+from autoexp.callbacks import ImageLogger
 from autoexp.data import load_split
 from autoexp.train import train
 from tests.conftest import REPO_ROOT, requires_fashion_mnist, run_cli
@@ -119,6 +120,25 @@ def test_events_hold_images(digits_run):
     # 512 encoder filters are cut to the 64 shown per group: an 8x8 grid of 8x8 images.
     encoder = events.Images("filters/encoder")[-1]
     assert (encoder.height, encoder.width) == (8 * 9 + 1, 8 * 9 + 1)
+
+
+def test_image_logger_every_n_epochs_and_final_epoch(train_config):
+    cfg = train_config(
+        "trainer.max_epochs=5", "callbacks.image_logger.every_n_epochs=3", "test=false"
+    )
+    train(cfg)
+    events = read_events(Path(cfg.paths.output_dir))
+    steps = [event.step for event in events.Images("images/reconstructions")]
+    # Epochs 0 and 3 by the interval, then the last epoch, 4, when training ends.
+    steps_per_epoch = steps[0]
+    assert steps == [steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch]
+    figures = [event.step for event in events.Images("figures/reconstructions")]
+    assert figures == steps
+
+
+def test_image_logger_rejects_zero_interval():
+    with pytest.raises(ValueError, match="every_n_epochs=0 must be an integer >= 1"):
+        ImageLogger(every_n_epochs=0)
 
 
 def test_events_hold_hparams(digits_run):

@@ -59,6 +59,20 @@ def _explain_composition_error(error: HydraException, compose_groups_only) -> st
     return " ".join(message.split())
 
 
+def _explain_value_error(error: ValueError, overrides: list[str]) -> str:
+    """Explain a ValueError that Hydra raised while composing, e.g. for `callbacks=null`."""
+    message = " ".join(str(error).split())
+    if message.startswith("Config group override must be"):
+        for override in overrides:
+            group, _, value = override.partition("=")
+            if value == "null" and "." not in group:
+                return (
+                    f"{override}: a config group cannot be set to null on the command line; "
+                    f"drop its default with ~{group}"
+                )
+    return message
+
+
 def _sweep_values(override) -> list[str]:
     key = override.get_key_element()
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
@@ -115,6 +129,8 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str) -> in
         jobs = _job_overrides(overrides, base, args.multirun)
     except (ConfigCompositionException, MissingConfigException, HydraException) as error:
         return report([_explain_composition_error(error, compose_groups_only)])
+    except ValueError as error:
+        return report([_explain_value_error(error, fixed)])
 
     failures: dict[str, list[str]] = {}
     for job in jobs:
@@ -125,6 +141,8 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str) -> in
             failures[",".join(job)] = error.problems
         except (ConfigCompositionException, MissingConfigException, HydraException) as error:
             failures[",".join(job)] = [_explain_composition_error(error, compose_groups_only)]
+        except ValueError as error:
+            failures[",".join(job)] = [_explain_value_error(error, job)]
 
     if not failures:
         return 0

@@ -176,6 +176,12 @@ def check_values(cfg: DictConfig) -> list[str]:
         if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
             problems.append(f"trainer.max_epochs={max_epochs} must be >= 1 (or -1 for no limit)")
         problems += check_accelerator(trainer.get("accelerator"))
+    every_n_epochs = OmegaConf.select(cfg, "callbacks.image_logger.every_n_epochs", default=None)
+    if isinstance(every_n_epochs, int) and every_n_epochs < 1:
+        problems.append(
+            f"callbacks.image_logger.every_n_epochs={every_n_epochs} must be >= 1 (1 logs "
+            "images after every validation epoch)"
+        )
     if data is None:
         return problems
 

@@ -87,10 +87,33 @@ def test_kmeans_ae_logs_to_tensorboard(same_start_run, same_start_dir):
     tags = events.Tags()
     for name in ("inertia_per_image", "centroid_shift", "empty_clusters", "cluster_size_min"):
         assert f"kmeans/{name}" in tags["scalars"]
+    # The loss is logged per epoch only; see KMeansAutoencoder.log_train_steps.
+    assert "train/loss_epoch" in tags["scalars"]
+    assert "train/loss" not in tags["scalars"]
     assert "kmeans/cluster_sizes" in tags["histograms"]
     assert "filters/centroids" in tags["images"]
     assert "images/reconstructions" in tags["images"]
     assert "figures/cluster_sizes" in tags["images"]
+
+
+def test_assign_and_sum_matches_float64_reference():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2500, 64, generator=generator)
+    # Two runs of three clusters: six centroid rows, padded to eight inside.
+    model = KMeansAutoencoder((1, 8, 8), latent_dim=3, n_init=2)
+    model.set_initial_centroids(torch.rand(2, 3, 64, generator=generator, dtype=torch.float64))
+    with torch.no_grad():
+        distances, labels, sums, counts = model._assign_and_sum(x, chunk_size=1000)
+
+    centroids = model.centroids.detach()
+    reference = (x.double()[None, :, None, :] - centroids[:, None]).pow(2).sum(-1)  # (2, n, 3)
+    reference_distances, reference_labels = reference.min(dim=2)
+    assert_array_equal(labels.numpy(), reference_labels.T.numpy())
+    assert_allclose(distances.numpy(), reference_distances.T.numpy(), rtol=1e-5, atol=1e-5)
+    for run in range(2):
+        one_hot = torch.nn.functional.one_hot(reference_labels[run], 3).double()
+        assert_allclose(sums[run].numpy(), (one_hot.T @ x.double()).numpy(), rtol=1e-6)
+        assert_array_equal(counts[run].numpy(), one_hot.sum(0).numpy())
 
 
 def test_kmeans_ae_kmeans_plusplus_within_one_percent(tmp_path):

@@ -37,6 +37,8 @@ class AutoencoderModule(pl.LightningModule):
     """
 
     model_name: ClassVar[str]
+    # Whether training batches are logged as train/loss; train/loss_epoch is logged anyway.
+    log_train_steps: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -85,10 +87,11 @@ class AutoencoderModule(pl.LightningModule):
         metrics the loggers write, every `trainer.log_every_n_steps`. Lightning drops the
         values of the other steps anyway, and each `self.log` call took about a third of
         Lightning's Python calls per training step. The progress bar and
-        `trainer.callback_metrics` show the last written value.
+        `trainer.callback_metrics` show the last written value. Models whose class sets
+        `log_train_steps = False` log `train/loss_epoch` only.
         """
         if stage == "train":
-            if self._loggers_write_this_step():
+            if self.log_train_steps and self._loggers_write_this_step():
                 self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
             weighted = loss.detach() * batch_size
             if self._train_loss_sum is None:

@@ -43,15 +43,22 @@ def squared_distances(
 ) -> torch.Tensor:
     """Return ||x_i - c_j||^2 for all rows of x and of centroids, shape (n, k), clamped at 0.
 
+    The distances come from one matrix product, ||x||^2 - 2 x c^T + ||c||^2, in the
+    precision of x (float32 at least): float32 images are compared with float32 copies of
+    the centroids, as scikit-learn does for float32 data, and float64 images with the float64
+    centroids.
+
     Args:
         x: Rows (n, d).
         centroids: Rows (k, d).
         x_norms: ||x_i||^2 of each row of x, if already known.
     """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, centroids = x.to(dtype), centroids.to(dtype)
     if x_norms is None:
-        # einsum makes no (n, d) temporary, unlike (x * x).sum(1).
-        x_norms = torch.einsum("ij,ij->i", x, x)
-    distances = x_norms[:, None] - 2 * (x @ centroids.T) + (centroids * centroids).sum(1)
+        x_norms = torch.linalg.vecdot(x, x)
+    distances = torch.addmm((centroids * centroids).sum(1), x, centroids.T, alpha=-2)
+    distances += x_norms[:, None]
     return distances.clamp_(min=0)
 
 
@@ -67,7 +74,7 @@ def kmeans_plusplus(
     uniformly.
 
     Args:
-        x: Data, shape (n, n_features), float64 for exact sums.
+        x: Data, shape (n, n_features); distances are computed in its precision.
         k: Number of centroids, at most n.
         generator: Source of the random draws.
         n_local_trials: Candidates per centroid; None means 2 + floor(ln k).
@@ -78,7 +85,7 @@ def kmeans_plusplus(
     n = len(x)
     if n_local_trials is None:
         n_local_trials = 2 + int(math.log(k))
-    norms = torch.einsum("ij,ij->i", x, x)
+    norms = torch.linalg.vecdot(x, x)
     chosen = torch.empty(k, dtype=torch.long)
     chosen[0] = torch.randint(n, (1,), generator=generator).item()
     closest = squared_distances(x, x[chosen[:1]], norms)[:, 0]
@@ -90,7 +97,7 @@ def kmeans_plusplus(
         else:
             candidates = torch.randint(n, (n_local_trials,), generator=generator)
         closest_with = torch.minimum(closest[:, None], squared_distances(x, x[candidates], norms))
-        best = closest_with.sum(0).argmin()
+        best = closest_with.sum(0, dtype=torch.float64).argmin()
         chosen[index] = candidates[best]
         closest = closest_with[:, best]
     return chosen
@@ -149,6 +156,10 @@ class KMeansAutoencoder(AutoencoderModule):
     """
 
     model_name = "kmeans_ae"
+    # A batch's loss is measured against centroids that change only at the end of the epoch,
+    # so train/loss_epoch and kmeans/inertia_per_image show the same progress. Each self.log
+    # call also costs about a millisecond, a fifth of a training step on Fashion-MNIST.
+    log_train_steps = False
 
     def __init__(
         self,
@@ -217,8 +228,9 @@ class KMeansAutoencoder(AutoencoderModule):
 
     def assign(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return each image's nearest centroid of the best run and the squared distance to
-        it, in float64. Ties go to the lowest centroid index."""
-        distances = squared_distances(x.flatten(1).double(), self.best_centroids)
+        it, computed in the images' precision (float32 at least). Ties go to the lowest
+        centroid index."""
+        distances = squared_distances(x.flatten(1), self.best_centroids)
         min_distances, labels = distances.min(dim=1)
         return labels, min_distances
 
@@ -236,20 +248,17 @@ class KMeansAutoencoder(AutoencoderModule):
     def figures(self) -> dict:
         """Return a matplotlib bar chart of the best run's cluster sizes, for ImageLogger to
         log as `figures/cluster_sizes`."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure
 
         sizes = self.counts[self.best_run].cpu().numpy()
-        figure, axis = plt.subplots(figsize=(5, 3))
+        figure = Figure(figsize=(5, 3), layout="tight")
+        axis = figure.add_subplot()
         axis.bar(range(self.latent_dim), sizes)
         axis.set_xlabel("cluster")
         if self.solver == "lloyd":
             axis.set_ylabel("training images in the last epoch")
         else:
             axis.set_ylabel("images assigned so far")
-        figure.tight_layout()
         return {"cluster_sizes": figure}
 
     # Initialization.
@@ -303,7 +312,7 @@ class KMeansAutoencoder(AutoencoderModule):
         size = self.centroids.numel()
         values = torch.zeros(size + 1 + self.n_init, dtype=torch.float64)
         if self.trainer.is_global_zero:
-            x = training_images(self).double()
+            x = training_images(self)
             values[size] = self.tol * mean_pixel_variance(x)
             if need_centroids:
                 self.set_initial_centroids(self.initial_centroids(x))
@@ -325,7 +334,8 @@ class KMeansAutoencoder(AutoencoderModule):
         centroids = self.centroids.detach().cpu()
         total = torch.zeros(self.n_init, dtype=torch.float64)
         for chunk in x.split(chunk_size):
-            total += self._run_distances(chunk, centroids).amin(dim=2).sum(0)
+            distances = self._run_distances(chunk, centroids).amin(dim=2)
+            total += distances.sum(0, dtype=torch.float64)
         return total / len(x)
 
     def _run_distances(self, x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
@@ -372,14 +382,9 @@ class KMeansAutoencoder(AutoencoderModule):
         }
 
     def training_step(self, batch, batch_idx):
-        x = batch[0].flatten(1).double()
+        x = batch[0].flatten(1)
         with torch.no_grad():
-            distances, labels = self._run_distances(x, self.centroids.detach()).min(dim=2)
-            one_hot = F.one_hot(labels, self.latent_dim).double()  # (n, n_init, k)
-            # Per-cluster sums of all runs in one matrix product: one_hot^T @ x.
-            batch_sums = one_hot.flatten(1).T @ x
-            batch_sums = batch_sums.reshape(self.n_init, self.latent_dim, self.n_pixels)
-            batch_counts = one_hot.sum(0)
+            distances, labels, batch_sums, batch_counts = self._assign_and_sum(x)
             self._accumulate(x, labels, distances, batch_sums, batch_counts)
             if self.solver == "minibatch":
                 self._minibatch_update(batch_sums, batch_counts)
@@ -389,11 +394,62 @@ class KMeansAutoencoder(AutoencoderModule):
         self.log_loss(loss, "train", len(x))
         return loss
 
+    def _assign_and_sum(
+        self, x: torch.Tensor, chunk_size: int = 1024
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Assign the images x to their nearest centroids in every run and sum them per
+        cluster.
+
+        Distances and sums are matrix products in the images' precision (float32 at least):
+        ||c||^2 - 2 x c^T for the assignment, and one_hot^T x for the sums. They run on
+        chunks of chunk_size images, which stay in the CPU's cache from the first product to
+        the second. Each chunk's sums are added up in float64, where the centroids are
+        computed.
+
+        Args:
+            x: Images as rows, shape (n, n_pixels).
+            chunk_size: Images per chunk.
+
+        Returns:
+            Squared distances to the nearest centroid (n, n_init), its index (n, n_init),
+            the per-cluster sums (n_init, latent_dim, n_pixels) and counts (n_init,
+            latent_dim), both float64.
+        """
+        runs, k = self.n_init, self.latent_dim
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        x = x.to(dtype)
+        centroids = self.centroids.detach().reshape(runs * k, self.n_pixels).to(dtype)
+        # Zero rows pad the centroids to a multiple of 8, which made the distance product
+        # about 20% faster on a 2-core AMD EPYC. Their columns are dropped before the minimum.
+        centroids = F.pad(centroids, (0, 0, 0, -(runs * k) % 8))
+        centroid_norms = (centroids * centroids).sum(1)
+        # Row r of a chunk's one-hot matrix marks the images of run r // k, cluster r % k.
+        offsets = torch.arange(runs, device=x.device)[:, None] * k
+        sums = torch.zeros(runs * k, self.n_pixels, dtype=torch.float64, device=x.device)
+        counts = torch.zeros(runs * k, dtype=torch.float64, device=x.device)
+        all_distances, all_labels = [], []
+        for chunk in x.split(chunk_size):
+            scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2)
+            best, labels = scores[:, : runs * k].reshape(len(chunk), runs, k).min(dim=2)
+            one_hot_t = chunk.new_zeros(runs * k, len(chunk))
+            one_hot_t.scatter_(0, labels.T + offsets, 1.0)
+            sums += (one_hot_t @ chunk).double()
+            counts += one_hot_t.sum(1, dtype=torch.float64)
+            norms = torch.linalg.vector_norm(chunk, dim=1).square_()
+            all_distances.append((best + norms[:, None]).clamp_(min=0))
+            all_labels.append(labels)
+        return (
+            torch.cat(all_distances),
+            torch.cat(all_labels),
+            sums.reshape(runs, k, self.n_pixels),
+            counts.reshape(runs, k),
+        )
+
     def _accumulate(self, x, labels, distances, batch_sums, batch_counts) -> None:
         epoch = self._epoch
         epoch["sums"] += batch_sums
         epoch["counts"] += batch_counts
-        epoch["inertia"] += distances.sum(0)
+        epoch["inertia"] += distances.sum(0, dtype=torch.float64)
         epoch["n_images"] += len(x)
 
         # Keep, per run, the k farthest images seen so far on this rank. Indices below k

@@ -240,7 +240,7 @@ runs from the same repeat.
   whole fit's time, shown beside it. scikit-learn's time is that of `fit` on the split as
   a float32 array in memory.
 - **PCA.** `linear_pca_ae` with `solver=eigh` and 32 components: one pass that sums each
-  batch's float32 Gram matrix in float64, then eigh. It runs with `data.batch_size=4096`,
+  batch's float32 Gram matrix in float64, then eigh. It runs with `data.batch_size=8192`,
   which does not change its result. Against scikit-learn's `PCA(n_components=32)` with
   `svd_solver="covariance_eigh"` and `"full"`. The error is the mean squared
   reconstruction error per image on the training split, computed in float64 from each

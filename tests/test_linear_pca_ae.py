@@ -208,13 +208,15 @@ def test_linear_pca_ae_latent_dim_above_images(train_config, tmp_path):
 
 
 def test_linear_pca_ae_ddp_matches_single_process(eigh_run, tmp_path):
-    _, single = eigh_run
-    _, ddp = fit_run(
-        tmp_path, "model.latent_dim=8", "model.solver=eigh", "trainer=ddp", "test=false"
-    )
+    single_metrics, single = eigh_run
+    ddp_metrics, ddp = fit_run(tmp_path, "model.latent_dim=8", "model.solver=eigh", "trainer=ddp")
     assert ddp.n_samples.item() == single.n_samples.item()
     assert_allclose(ddp.mean.numpy(), single.mean.numpy(), atol=1e-12)
     assert_allclose(ddp.weight.detach().numpy(), single.weight.detach().numpy(), atol=1e-5)
+    # The 359 test images split 180/179 over the two processes; the metrics still average
+    # over every image once.
+    for name in ("val/loss", "test/loss", "test/mse"):
+        assert_allclose(ddp_metrics[name], single_metrics[name], rtol=1e-5, err_msg=name)
 
 
 def test_top_eigenvectors_match_full_eigh():

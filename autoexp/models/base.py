@@ -9,6 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from autoexp.models.fitting import sum_across_ranks
+
 
 def to_container(value: Any) -> Any:
     """Turn OmegaConf nodes into plain dicts and lists, so checkpoints hold no OmegaConf types."""
@@ -56,6 +58,8 @@ class AutoencoderModule(pl.LightningModule):
         # Batch-size-weighted sum of the training losses of the current epoch, and the count.
         self._train_loss_sum: torch.Tensor | None = None
         self._train_loss_count = 0
+        # The same sum (float64) and count for the current validation or test epoch, by stage.
+        self._eval_loss_sums: dict[str, tuple[torch.Tensor, int]] = {}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Return the code of each image, shape (n, latent_dim)."""
@@ -89,6 +93,12 @@ class AutoencoderModule(pl.LightningModule):
         Lightning's Python calls per training step. The progress bar and
         `trainer.callback_metrics` show the last written value. Models whose class sets
         `log_train_steps = False` log `train/loss_epoch` only.
+
+        Validation and test batches are added to their epoch's sum, and the epoch-end hooks
+        log `{stage}/loss` and `{stage}/mse` from the sums and counts of all DDP ranks.
+        Lightning's own mean over ranks (`sync_dist=True` on each batch) averages the
+        integer batch counts in place, which truncates them when the shards are uneven: with
+        2 processes the digits test/mse read 0.023972 instead of 0.023906.
         """
         if stage == "train":
             if self.log_train_steps and self._loggers_write_this_step():
@@ -100,8 +110,26 @@ class AutoencoderModule(pl.LightningModule):
                 self._train_loss_sum.add_(weighted)
             self._train_loss_count += batch_size
             return
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
-        self.log(f"{stage}/mse", loss / self.n_pixels, batch_size=batch_size, sync_dist=True)
+        weighted = loss.detach().double() * batch_size
+        total, count = self._eval_loss_sums.get(stage, (None, 0))
+        total = weighted if total is None else total + weighted
+        self._eval_loss_sums[stage] = (total, count + batch_size)
+
+    def _log_eval_epoch(self, stage: str) -> None:
+        """Log the mean loss of a validation or test epoch over the images of all ranks."""
+        total, count = self._eval_loss_sums.pop(stage, (None, 0))
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        if total is not None:
+            sums[0] = total
+        sums[1] = count
+        # Every rank takes part in the sum, also one that had no batches.
+        sums = sum_across_ranks(self, sums)
+        if sums[1] == 0:
+            return
+        loss = (sums[0] / sums[1]).float()
+        # The value is the same on every rank, so Lightning's mean over ranks keeps it.
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log(f"{stage}/mse", loss / self.n_pixels, sync_dist=True)
 
     def _loggers_write_this_step(self) -> bool:
         """Return whether Lightning writes the metrics of the current training step."""
@@ -133,8 +161,17 @@ class AutoencoderModule(pl.LightningModule):
         # Subclasses that override this hook must call super().on_train_epoch_end().
         if self._train_loss_sum is None:
             return
-        epoch_loss = self._train_loss_sum / self._train_loss_count
-        self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True)
+        # Every rank has the same number of training batches (BatchIndexSampler), so all of
+        # them reach this sum over the ranks.
+        sums = torch.stack(
+            [
+                self._train_loss_sum.double(),
+                torch.tensor(self._train_loss_count, dtype=torch.float64, device=self.device),
+            ]
+        )
+        sums = sum_across_ranks(self, sums)
+        epoch_loss = (sums[0] / sums[1]).float()
+        self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True, sync_dist=True)
         self._train_loss_sum = None
         self._train_loss_count = 0
 
@@ -143,6 +180,19 @@ class AutoencoderModule(pl.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self.shared_step(batch, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_loss_sums.pop("val", None)
+
+    def on_validation_epoch_end(self) -> None:
+        # Subclasses that override this hook must call super().on_validation_epoch_end().
+        self._log_eval_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_loss_sums.pop("test", None)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval_epoch("test")
 
     def configure_optimizers(self):
         if self.optimizer_config is None:

@@ -399,6 +399,7 @@ class LinearPCAAutoencoder(AutoencoderModule):
                 self.weight.copy_(orthonormal_rows(self.weight))
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         if self.trainer.sanity_checking or self.n_samples == 0:
             return
         ratios = self.explained_variance_ratio()

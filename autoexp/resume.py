@@ -84,7 +84,9 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
 
     `ckpt_path=last` becomes the newest matching run's last checkpoint. A single run resumed
     from a checkpoint inside a run folder continues in that folder, so its TensorBoard
-    run, checkpoints and metrics.json stay in one place.
+    run, checkpoints and metrics.json stay in one place. The caller checks the checkpoint
+    against the config's model and then calls `keep_previous_config`, before Hydra writes
+    the resumed leg's config into that folder.
 
     Raises:
         ResumeError: `ckpt_path=last` finds no run, or the file does not exist.
@@ -113,6 +115,5 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
     run_dir = run_dir_of(checkpoint)
     has_run_dir = any(item.startswith("hydra.run.dir=") for item in overrides)
     if run_dir is not None and not multirun and not has_run_dir:
-        keep_previous_config(run_dir)
         resolved.append(f"hydra.run.dir={run_dir}")
     return resolved

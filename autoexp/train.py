@@ -218,7 +218,7 @@ def main() -> None:
     from hydra._internal.utils import get_args_parser
 
     from autoexp.config.command_line import check_command_line, report
-    from autoexp.resume import ResumeError, prepare_resume
+    from autoexp.resume import ResumeError, keep_previous_config, prepare_resume
 
     args = sys.argv[1:]
     exit_code = check_command_line(args, CONFIG_DIR, "train")
@@ -241,9 +241,17 @@ def main() -> None:
             resolved.get(item.partition("=")[0], item) if item in parsed.overrides else item
             for item in args
         ]
-        args += [
+        added_run_dirs = [
             item for item in overrides if item.startswith("hydra.run.dir=") and item not in args
         ]
+        args += added_run_dirs
+        # Check the resolved checkpoint against the config's model before the run folder's
+        # .hydra files are touched, so a rejected resume leaves the folder as it was.
+        exit_code = check_command_line(args, CONFIG_DIR, "train")
+        if exit_code:
+            sys.exit(exit_code)
+        for item in added_run_dirs:
+            keep_previous_config(Path(item.partition("=")[2]))
         sys.argv = [sys.argv[0], *args]
     hydra_main()
 

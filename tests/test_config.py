@@ -39,6 +39,16 @@ INVALID_COMMAND_LINES = [
     ),
     (["callbacks=null"], "callbacks=null: a config group cannot be set to null on the command"),
     (["callbacks.image_logger.every_n_epochs=0"], "every_n_epochs=0 must be >= 1"),
+    (["model.latent_dim='8'"], "expected an integer, got a string; drop the quotes"),
+    (["model.optimizer.lr='1e-3'"], "got a string; drop the quotes: model.optimizer.lr=1e-3"),
+    (["model=kmeans_ae", "model.solver=elkan"], "model.solver='elkan' is not supported"),
+    (["model=kmeans_ae", "model.n_init=0"], "model.n_init=0 must be an integer >= 1"),
+    (["model=kmeans_ae", "model.init=kmeans++"], "model.init='kmeans++' is neither k-means++"),
+    (["model=linear_pca_ae", "model.solver=svd"], "model.solver='svd' is not supported"),
+    (
+        ["data.val_fraction=0.99", "data.test_fraction=0.99"],
+        "data.val_fraction=0.99 and data.test_fraction=0.99 leave no training images of digits",
+    ),
     (["seed=${nope}"], "seed: interpolation failed to resolve"),
     (["seed=???"], "seed: missing mandatory value"),
 ]

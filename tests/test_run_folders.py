@@ -69,7 +69,8 @@ def test_prepare_resume_continues_in_run_folder(tmp_path, monkeypatch):
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         f"hydra.run.dir={run_dir}",
     ]
-    assert list((run_dir / ".hydra").glob("before-resume-*/overrides.yaml"))
+    # The folder's config is copied aside only after the checkpoint fits the config.
+    assert not list((run_dir / ".hydra").glob("before-resume-*"))
 
 
 def test_cli_resume_last_into_same_folder(tmp_path):
@@ -84,6 +85,25 @@ def test_cli_resume_last_into_same_folder(tmp_path):
     record = json.loads((run_dirs[0] / "metrics.json").read_text())
     assert record["epochs"] == 2
     assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) >= 2
+    assert list((run_dirs[0] / ".hydra").glob("before-resume-*/config.yaml"))
+
+
+def test_cli_rejected_resume_keeps_run_config(tmp_path):
+    first = run_cli(["-m", "autoexp.train", "trainer.max_epochs=1", *QUIET], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+
+    second = run_cli(
+        ["-m", "autoexp.train", *QUIET, "model.latent_dim=12", f"ckpt_path={checkpoint}"],
+        cwd=tmp_path,
+    )
+    assert second.returncode == 2, second.stderr
+    assert "model.latent_dim=4 in the checkpoint, 12 in the config" in second.stderr
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == config
+    assert not list((run_dir / ".hydra").glob("before-resume-*"))
+    assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]
 
 
 def test_cli_rejects_missing_checkpoint(tmp_path):

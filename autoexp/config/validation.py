@@ -7,6 +7,7 @@ import difflib
 import math
 import typing
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -73,6 +74,16 @@ def check_node(node: DictConfig, schema: type, prefix: str, accepts_any_key: boo
         except ValidationError:
             expected = describe_type(fields[key].type)
             problems.append(f"{path}={value!r} is invalid: expected {expected}")
+            continue
+        # OmegaConf turns a quoted "3" into 3 for an int field, but the config keeps the
+        # string, which the range checks and the target's code would then receive.
+        converted = structured[key]
+        if isinstance(value, str) and isinstance(converted, bool | int | float):
+            expected = describe_type(fields[key].type)
+            problems.append(
+                f"{path}={value!r} is invalid: expected {expected}, got a string; "
+                f"drop the quotes: {path}={value}"
+            )
     return problems
 
 
@@ -159,6 +170,11 @@ def check_values(cfg: DictConfig) -> list[str]:
     lr = OmegaConf.select(cfg, "model.optimizer.lr", default=None)
     if isinstance(lr, int | float) and not (lr > 0 and math.isfinite(lr)):
         problems.append(f"model.optimizer.lr={lr} must be finite and > 0, for example 1e-3")
+    elif isinstance(lr, str):
+        problems.append(
+            f"model.optimizer.lr={lr!r} is invalid: expected a number, got a string; drop the "
+            f"quotes: model.optimizer.lr={lr}"
+        )
     seed = cfg.get("seed")
     if isinstance(seed, int) and not 0 <= seed < 2**32:
         problems.append(f"seed={seed} must be in [0, 2**32 - 1], the range that seeds NumPy")
@@ -216,6 +232,14 @@ def check_values(cfg: DictConfig) -> list[str]:
 
     n_pixels = math.prod(IMAGE_SHAPES[name])
     n_train = count_training_images(name, data.get("root"), val_fraction, test_fraction)
+    if n_train == 0:
+        fractions = f"data.val_fraction={val_fraction}"
+        if name == "digits":
+            fractions += f" and data.test_fraction={test_fraction}"
+        return [
+            *problems,
+            f"{fractions} leave no training images of {name}; choose smaller fractions",
+        ]
     kind = model_name(cfg)
     if kind == "linear_pca_ae" and latent_dim > n_pixels:
         problems.append(
@@ -253,5 +277,52 @@ def validate_config(cfg: DictConfig) -> None:
     problems = check_schema(cfg) + check_resolvable(cfg)
     if not problems:
         problems = check_values(cfg)
+    if not problems:
+        problems = check_model(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+def check_model(cfg: DictConfig) -> list[str]:
+    """Build the config's model as training would, and check its initial centroids file
+    and ckpt_path against it.
+
+    The models check their own arguments (solver names, tolerances, counts) when they are
+    built, so this catches those errors before any run folder exists.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from autoexp.checkpoint_io import check_resume_checkpoint
+    from autoexp.data.splits import IMAGE_SHAPES
+    from autoexp.models.kmeans_ae import INITS, read_centroids
+
+    name = OmegaConf.select(cfg, "data.name", default=None)
+    if cfg.get("model") is None or name not in IMAGE_SHAPES:
+        return []
+    try:
+        model = instantiate(cfg.model, image_shape=list(IMAGE_SHAPES[name]))
+    except InstantiationException as error:
+        return [" ".join(str(error.__cause__ or error).split())]
+
+    init = getattr(model, "init", None)
+    if getattr(model, "model_name", None) == "kmeans_ae" and init not in INITS:
+        try:
+            model.set_initial_centroids(read_centroids(init))
+        except FileNotFoundError as error:
+            return [str(error)]
+        except (ValueError, RuntimeError, OSError) as error:
+            return [f"model.init={init!r}: {error}"]
+
+    ckpt_path = cfg.get("ckpt_path")
+    # `last` is resolved to a file before Hydra starts, and checked again then.
+    if ckpt_path in (None, "", "last"):
+        return []
+    path = Path(ckpt_path).expanduser().absolute()
+    if not path.is_file():
+        return [f"ckpt_path={ckpt_path!r} not found: tried {path}"]
+    try:
+        check_resume_checkpoint(path, model)
+    except ValueError as error:
+        return [str(error)]
+    return []

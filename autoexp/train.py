@@ -192,6 +192,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     the sweep goes on; the sweep's summary callback then lists the failures and exits with 1.
     A single run that fails before it wrote any result leaves no run folder behind.
     """
+    # Python warnings (empty k-means clusters, Lightning's advice) go through logging, so
+    # they reach the run's train.log as well as the console.
+    logging.captureWarnings(True)
     log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)

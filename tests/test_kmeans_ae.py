@@ -90,6 +90,13 @@ def test_kmeans_ae_logs_to_tensorboard(same_start_run, same_start_dir):
     # The loss is logged per epoch only; see KMeansAutoencoder.log_train_steps.
     assert "train/loss_epoch" in tags["scalars"]
     assert "train/loss" not in tags["scalars"]
+    # Histograms and images sit at the steps of the same epoch's scalars.
+    scalar_steps = [event.step for event in events.Scalars("kmeans/inertia_per_image")]
+    histogram_steps = [event.step for event in events.Histograms("kmeans/cluster_sizes")]
+    assert histogram_steps == scalar_steps
+    val_steps = {event.step for event in events.Scalars("val/loss")}
+    image_steps = {event.step for event in events.Images("images/reconstructions")}
+    assert image_steps <= val_steps
     assert "kmeans/cluster_sizes" in tags["histograms"]
     assert "filters/centroids" in tags["images"]
     assert "images/reconstructions" in tags["images"]

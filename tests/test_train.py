@@ -129,9 +129,11 @@ def test_image_logger_every_n_epochs_and_final_epoch(train_config):
     train(cfg)
     events = read_events(Path(cfg.paths.output_dir))
     steps = [event.step for event in events.Images("images/reconstructions")]
-    # Epochs 0 and 3 by the interval, then the last epoch, 4, when training ends.
-    steps_per_epoch = steps[0]
-    assert steps == [steps_per_epoch, 4 * steps_per_epoch, 5 * steps_per_epoch]
+    # Epochs 0 and 3 by the interval, then the last epoch, 4, when training ends, each at
+    # the step of that epoch's validation scalars.
+    val_steps = [event.step for event in events.Scalars("val/loss")]
+    assert len(val_steps) == 5
+    assert steps == [val_steps[0], val_steps[3], val_steps[4]]
     figures = [event.step for event in events.Images("figures/reconstructions")]
     assert figures == steps
 

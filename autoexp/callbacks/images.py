@@ -14,6 +14,16 @@ def tensorboard_writer(trainer: pl.Trainer):
     return None
 
 
+def epoch_metrics_step(trainer: pl.Trainer) -> int:
+    """Return the TensorBoard step of the metrics that Lightning logs at the end of the
+    current epoch or validation, so that images and text written by hand line up with them.
+
+    Lightning counts the epoch's last batch in that step only after validation and the
+    epoch-end logging, so the step is one less than `trainer.global_step`.
+    """
+    return max(trainer.global_step - 1, 0)
+
+
 def reconstruction_grid(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Return a grid with the images in the top row and their reconstructions below."""
     both = torch.cat([images, reconstructions.clamp(0, 1)]).cpu()
@@ -94,7 +104,7 @@ class ImageLogger(pl.Callback):
         self._log(trainer, pl_module)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule):
-        if self._logged_step != trainer.global_step:
+        if self._logged_step != epoch_metrics_step(trainer):
             self._log(trainer, pl_module)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,7 +113,7 @@ class ImageLogger(pl.Callback):
         writer = tensorboard_writer(trainer)
         if writer is None:
             return
-        step = trainer.global_step
+        step = epoch_metrics_step(trainer)
         self._logged_step = step
 
         images = trainer.datamodule.sample_images("val", self.n_images).to(pl_module.device)

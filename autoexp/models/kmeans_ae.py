@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoexp.callbacks.images import tensorboard_writer
+from autoexp.callbacks.images import epoch_metrics_step, tensorboard_writer
 from autoexp.models.base import AutoencoderModule
 from autoexp.models.fitting import (
     BatchCounter,
@@ -588,7 +588,7 @@ class KMeansAutoencoder(AutoencoderModule):
             sum_squares=(sizes * clusters**2).sum().item(),
             bucket_limits=(clusters + 0.5).tolist(),
             bucket_counts=sizes.tolist(),
-            global_step=self.global_step,
+            global_step=epoch_metrics_step(self.trainer),
         )
 
     def configure_optimizers(self):

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from autoexp.callbacks.images import tensorboard_writer
+from autoexp.callbacks.images import epoch_metrics_step, tensorboard_writer
 from autoexp.models.base import AutoencoderModule, reconstruction_errors, to_container
 from autoexp.models.fitting import (
     BatchCounter,
@@ -415,7 +415,8 @@ class LinearPCAAutoencoder(AutoencoderModule):
         rows = ["| component | ratio | cumulative |", "| ---: | ---: | ---: |"]
         for index, (ratio, cumulative) in enumerate(zip(ratios, ratios.cumsum(0), strict=True)):
             rows.append(f"| {index} | {ratio:.6f} | {cumulative:.6f} |")
-        writer.add_text("pca/explained_variance_ratio", "\n".join(rows), self.global_step)
+        step = epoch_metrics_step(self.trainer)
+        writer.add_text("pca/explained_variance_ratio", "\n".join(rows), step)
 
     def configure_optimizers(self):
         if self.solver == "eigh":

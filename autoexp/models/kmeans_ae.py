@@ -107,7 +107,11 @@ def mean_pixel_variance(x: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor
     """Return the variance of each column of x (divided by n), averaged over columns, in
     float64, converting chunk_size rows at a time."""
     mean = sum(chunk.double().sum(0) for chunk in x.split(chunk_size)) / len(x)
-    squares = sum((chunk.double() - mean).pow(2).sum() for chunk in x.split(chunk_size))
+    squares = torch.zeros((), dtype=torch.float64, device=x.device)
+    for chunk in x.split(chunk_size):
+        centered = chunk.double() - mean
+        # One dot product: (centered ** 2).sum() took 6 times as long on Fashion-MNIST.
+        squares += torch.dot(centered.view(-1), centered.view(-1))
     return squares / x.numel()
 
 
@@ -324,7 +328,9 @@ class KMeansAutoencoder(AutoencoderModule):
             if need_centroids:
                 self.set_initial_centroids(self.initial_centroids(x))
             values[:size] = self.centroids.detach().cpu().flatten()
-            values[size + 1 :] = self._inertia_per_image(x)
+            if self.n_init > 1:
+                # Picks the best run until the first epoch measures them; one run needs none.
+                values[size + 1 :] = self._inertia_per_image(x)
         values = broadcast_from_rank_zero(self, values.to(self.device))
         self.set_initial_centroids(values[:size].reshape(self.centroids.shape))
         self.shift_tolerance.fill_(values[size].item())

@@ -164,17 +164,11 @@ class AutoencoderModule(pl.LightningModule):
         # Subclasses that override this hook must call super().on_train_epoch_end().
         if self._train_loss_sum is None:
             return
-        # Every rank has the same number of training batches (BatchIndexSampler), so all of
-        # them reach this sum over the ranks.
-        sums = torch.stack(
-            [
-                self._train_loss_sum.double(),
-                torch.tensor(self._train_loss_count, dtype=torch.float64, device=self.device),
-            ]
-        )
-        sums = sum_across_ranks(self, sums)
-        epoch_loss = (sums[0] / sums[1]).float()
-        self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True, sync_dist=True)
+        # NOTE: under DDP this is rank 0's own mean. Summing over the ranks here would put a
+        # collective after the progress bar's on_train_epoch_end, which reads (and so syncs)
+        # the epoch's metrics on rank 0 only, and gloo then pairs mismatched collectives.
+        epoch_loss = self._train_loss_sum / self._train_loss_count
+        self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True)
         self._train_loss_sum = None
         self._train_loss_count = 0
 

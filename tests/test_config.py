@@ -49,6 +49,8 @@ INVALID_COMMAND_LINES = [
         ["data.val_fraction=0.99", "data.test_fraction=0.99"],
         "data.val_fraction=0.99 and data.test_fraction=0.99 leave no training images of digits",
     ),
+    (["data.val_fraction=0.0001"], "leaves no validation images of digits"),
+    (["data.test_fraction=0.0001"], "data.test_fraction=0.0001 leaves no test images of digits"),
     (["seed=${nope}"], "seed: interpolation failed to resolve"),
     (["seed=???"], "seed: missing mandatory value"),
 ]

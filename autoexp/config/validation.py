@@ -160,7 +160,7 @@ def model_name(cfg: DictConfig) -> str | None:
 
 def check_values(cfg: DictConfig) -> list[str]:
     """Return out-of-range values and model limits that the data set breaks."""
-    from autoexp.data.splits import DATASETS, IMAGE_SHAPES, count_training_images
+    from autoexp.data.splits import DATASETS, IMAGE_SHAPES, count_split_images
 
     problems = []
     data, model, trainer = cfg.get("data"), cfg.get("model"), cfg.get("trainer")
@@ -231,7 +231,8 @@ def check_values(cfg: DictConfig) -> list[str]:
             return [*problems, f"data.root={data.get('root')!r}: {error}"]
 
     n_pixels = math.prod(IMAGE_SHAPES[name])
-    n_train = count_training_images(name, data.get("root"), val_fraction, test_fraction)
+    counts = count_split_images(name, data.get("root"), val_fraction, test_fraction)
+    n_train = None if counts is None else counts["train"]
     if n_train == 0:
         fractions = f"data.val_fraction={val_fraction}"
         if name == "digits":
@@ -239,6 +240,21 @@ def check_values(cfg: DictConfig) -> list[str]:
         return [
             *problems,
             f"{fractions} leave no training images of {name}; choose smaller fractions",
+        ]
+    if counts is not None and counts["val"] == 0:
+        fix = "a larger data.val_fraction"
+        if name == "digits":
+            fix += " or a smaller data.test_fraction"
+        return [
+            *problems,
+            f"data.val_fraction={val_fraction} of the {counts['train']} images left for "
+            f"training and validation leaves no validation images of {name}; choose {fix}",
+        ]
+    if counts is not None and counts["test"] == 0:
+        return [
+            *problems,
+            f"data.test_fraction={test_fraction} leaves no test images of {name}; choose a "
+            "larger fraction, e.g. 0.2",
         ]
     kind = model_name(cfg)
     if kind == "linear_pca_ae" and latent_dim > n_pixels:

@@ -152,23 +152,26 @@ def _idx_item_count(path: Path) -> int:
     return int.from_bytes(header[4:8], "big")
 
 
-def count_training_images(
+def count_split_images(
     name: str, root: str | Path | None, val_fraction: float, test_fraction: float | None
-) -> int | None:
-    """Return the size of the training split without loading the images.
+) -> dict[str, int] | None:
+    """Return the sizes of the train, val and test splits without loading the images.
 
     Returns None when the IDX files are not found or unreadable; loading the data then reports
     the problem in full.
     """
     if name == "digits":
         n_images = 1797
-        n_images -= round(test_fraction * n_images)
+        n_test = round(test_fraction * n_images)
     else:
         from autoexp.data.sources import find_idx_files
 
         try:
             paths = find_idx_files(name, root if root is not None else "data")
             n_images = _idx_item_count(paths["train_labels"])
+            n_test = _idx_item_count(paths["test_labels"])
         except (FileNotFoundError, OSError, EOFError, ValueError):
             return None
-    return n_images - round(val_fraction * n_images)
+    n_fit = n_images - n_test if name == "digits" else n_images
+    n_val = round(val_fraction * n_fit)
+    return {"train": n_fit - n_val, "val": n_val, "test": n_test}

@@ -88,19 +88,25 @@ def test_cli_resume_last_into_same_folder(tmp_path):
     assert list((run_dirs[0] / ".hydra").glob("before-resume-*/config.yaml"))
 
 
-def test_cli_rejected_resume_keeps_run_config(tmp_path):
-    first = run_cli(["-m", "autoexp.train", "trainer.max_epochs=1", *QUIET], cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("model.latent_dim=12", "model.latent_dim=4 in the checkpoint, 12 in the config"),
+        ("trainer.max_epochs=1", "was saved in epoch 2, beyond trainer.max_epochs=1"),
+    ],
+)
+def test_cli_rejected_resume_keeps_run_config(tmp_path, change, expected):
+    first = run_cli(["-m", "autoexp.train", "trainer.max_epochs=3", *QUIET], cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     checkpoint = run_dir / "checkpoints" / "last.ckpt"
 
     second = run_cli(
-        ["-m", "autoexp.train", *QUIET, "model.latent_dim=12", f"ckpt_path={checkpoint}"],
-        cwd=tmp_path,
+        ["-m", "autoexp.train", *QUIET, change, f"ckpt_path={checkpoint}"], cwd=tmp_path
     )
     assert second.returncode == 2, second.stderr
-    assert "model.latent_dim=4 in the checkpoint, 12 in the config" in second.stderr
+    assert expected in second.stderr
     assert (run_dir / ".hydra" / "config.yaml").read_text() == config
     assert not list((run_dir / ".hydra").glob("before-resume-*"))
     assert list((tmp_path / "outputs").glob("*/*")) == [run_dir]

@@ -311,6 +311,7 @@ def check_model(cfg: DictConfig) -> list[str]:
 
     from autoexp.checkpoint_io import check_resume_checkpoint
     from autoexp.data.splits import IMAGE_SHAPES
+    from autoexp.models import read_checkpoint
     from autoexp.models.kmeans_ae import INITS, read_centroids
 
     name = OmegaConf.select(cfg, "data.name", default=None)
@@ -341,4 +342,13 @@ def check_model(cfg: DictConfig) -> list[str]:
         check_resume_checkpoint(path, model)
     except ValueError as error:
         return [str(error)]
+    # Lightning rejects a resume whose restored epoch is above max_epochs, but only inside the
+    # job, after Hydra has rewritten the run folder's config.
+    epoch = read_checkpoint(path).get("epoch")
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    if isinstance(epoch, int) and isinstance(max_epochs, int) and -1 < max_epochs < epoch:
+        return [
+            f"ckpt_path={path} was saved in epoch {epoch}, beyond trainer.max_epochs="
+            f"{max_epochs}; pass trainer.max_epochs={epoch + 1} or more to train on from it"
+        ]
     return []

@@ -77,13 +77,17 @@ def _hyperparameter_changes(checkpoint: dict, model: AutoencoderModule) -> list[
     ]
 
 
-def check_resume_checkpoint(path: str | Path, model: AutoencoderModule | None = None) -> None:
+def check_resume_checkpoint(
+    path: str | Path, model: AutoencoderModule | None = None, max_epochs: int | None = None
+) -> None:
     """Check that training can resume from a checkpoint, before anything else is done.
 
     Args:
         path: The checkpoint file.
         model: The model that the config builds; None checks only that the file is a
             readable autoexp checkpoint with training state.
+        max_epochs: The config's trainer.max_epochs. Lightning rejects a checkpoint saved in
+            a later epoch, but only once the run has started; None or -1 skips the check.
 
     Raises:
         FileNotFoundError: The file does not exist.
@@ -123,4 +127,10 @@ def check_resume_checkpoint(path: str | Path, model: AutoencoderModule | None = 
             + "; ".join(mismatches[:3])
             + (f" (settings that differ: {'; '.join(changes)})" if changes else "")
             + ". Pass the model settings of the run that wrote it (its .hydra/config.yaml)."
+        )
+    epoch = checkpoint.get("epoch")
+    if isinstance(epoch, int) and isinstance(max_epochs, int) and -1 < max_epochs < epoch:
+        raise ValueError(
+            f"ckpt_path={path} was saved in epoch {epoch}, beyond trainer.max_epochs="
+            f"{max_epochs}; pass trainer.max_epochs={epoch + 1} or more to train on from it"
         )

@@ -105,6 +105,14 @@ def columns(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, list
     return {key: column(runs, key) for key in keys if runs and runs[0].get(key) is not None}
 
 
+def medians(raw: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Return the median of each figure of each contender."""
+    return {
+        name: {key: statistics.median(values) for key, values in figures.items()}
+        for name, figures in raw.items()
+    }
+
+
 def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
     """Run the training contenders after one untimed warm-up round and summarize them."""
     progress("training: warm-up round, not timed")
@@ -116,10 +124,6 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
         "plain": columns(runs["plain"], ("epoch_s", "gflops", "gflops_matmul_exact")),
         "per_sample": columns(runs["per_sample"], ("epoch_s",)),
         "matmul": columns(runs["matmul"], ("gflops",)),
-    }
-    medians = {
-        name: {key: statistics.median(values) for key, values in figures.items()}
-        for name, figures in raw.items()
     }
     ratios = {
         "train_vs_plain": paired_ratio(raw["autoexp"]["epoch_s"], raw["plain"]["epoch_s"]),
@@ -136,7 +140,7 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
         "flops_per_epoch": bench.flops,
         "flop_count": "six_n_params: 6 * parameters * images per epoch",
         "runs": raw,
-        "median": medians,
+        "median": medians(raw),
     }
     return {"summary": summary, "ratios": ratios}
 
@@ -166,10 +170,7 @@ def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
     summary = {
         "components": PCA_COMPONENTS,
         "runs": raw,
-        "median": {
-            name: {key: statistics.median(values) for key, values in figures.items()}
-            for name, figures in raw.items()
-        },
+        "median": medians(raw),
         **error_diffs,
     }
     return {"summary": summary, "ratios": ratios}
@@ -191,10 +192,7 @@ def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
     summary = {
         "clusters": KMEANS_CLUSTERS,
         "runs": raw,
-        "median": {
-            name: {key: statistics.median(values) for key, values in figures.items()}
-            for name, figures in raw.items()
-        },
+        "median": medians(raw),
     }
     return {"summary": summary, "ratios": ratios}
 

@@ -311,7 +311,6 @@ def check_model(cfg: DictConfig) -> list[str]:
 
     from autoexp.checkpoint_io import check_resume_checkpoint
     from autoexp.data.splits import IMAGE_SHAPES
-    from autoexp.models import read_checkpoint
     from autoexp.models.kmeans_ae import INITS, read_centroids
 
     name = OmegaConf.select(cfg, "data.name", default=None)
@@ -338,17 +337,10 @@ def check_model(cfg: DictConfig) -> list[str]:
     path = Path(ckpt_path).expanduser().absolute()
     if not path.is_file():
         return [f"ckpt_path={ckpt_path!r} not found: tried {path}"]
+    # Checked here, before Hydra rewrites the run folder's config for the resumed leg.
+    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
     try:
-        check_resume_checkpoint(path, model)
+        check_resume_checkpoint(path, model, max_epochs)
     except ValueError as error:
         return [str(error)]
-    # Lightning rejects a resume whose restored epoch is above max_epochs, but only inside the
-    # job, after Hydra has rewritten the run folder's config.
-    epoch = read_checkpoint(path).get("epoch")
-    max_epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    if isinstance(epoch, int) and isinstance(max_epochs, int) and -1 < max_epochs < epoch:
-        return [
-            f"ckpt_path={path} was saved in epoch {epoch}, beyond trainer.max_epochs="
-            f"{max_epochs}; pass trainer.max_epochs={epoch + 1} or more to train on from it"
-        ]
     return []

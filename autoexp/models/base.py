@@ -164,9 +164,9 @@ class AutoencoderModule(pl.LightningModule):
         # Subclasses that override this hook must call super().on_train_epoch_end().
         if self._train_loss_sum is None:
             return
-        # NOTE: under DDP this is rank 0's own mean. Summing over the ranks here would put a
-        # collective after the progress bar's on_train_epoch_end, which reads (and so syncs)
-        # the epoch's metrics on rank 0 only, and gloo then pairs mismatched collectives.
+        # NOTE: under DDP the logged value is rank 0's own mean. A sum over the ranks here made
+        # gloo abort: the progress bar's on_train_epoch_end runs first, on rank 0 only, and
+        # syncs the epoch's metrics, so the ranks ran their collectives in different orders.
         epoch_loss = self._train_loss_sum / self._train_loss_count
         self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True)
         self._train_loss_sum = None

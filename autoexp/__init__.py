@@ -1,5 +1,6 @@
 """autoexp: Hydra and Lightning experiments with autoencoders, PCA and k-means."""
 
+import atexit
 import os
 
 # OpenBLAS, the BLAS of numpy and scipy, keeps its idle threads spinning for about 0.1 s after
@@ -10,7 +11,10 @@ import os
 # commands; a value the user set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
+from autoexp.distributed import destroy_process_group_at_exit  # noqa: E402
 from autoexp.models import load_model  # noqa: E402
+
+atexit.register(destroy_process_group_at_exit)
 
 __version__ = "0.1.0"
 

@@ -72,15 +72,21 @@ def test_load_split_rejects_unknown_names():
         load_split("digits", "dev")
 
 
+def batch_indices(n: int, batch: torch.Tensor | slice) -> torch.Tensor:
+    """Return the indices of a sampler's batch, which is a tensor or a slice of range(n)."""
+    return torch.arange(n)[batch] if isinstance(batch, slice) else batch
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 @pytest.mark.parametrize("n", [1, 7, 64, 65, 100])
-def test_batch_sampler_covers_each_index_once(monkeypatch, world_size, n):
+def test_batch_sampler_covers_each_index_once(monkeypatch, world_size, n, shuffle):
     batches_per_rank = []
     for rank in range(world_size):
         monkeypatch.setattr(datamodule_module, "_world", lambda rank=rank: (rank, world_size))
-        sampler = BatchIndexSampler(n, batch_size=16, shuffle=True, seed=5)
+        sampler = BatchIndexSampler(n, batch_size=16, shuffle=shuffle, seed=5)
         sampler.set_epoch(2)
-        batches = list(sampler)
+        batches = [batch_indices(n, batch) for batch in sampler]
         assert len(batches) == len(sampler)
         batches_per_rank.append(batches)
 
@@ -90,6 +96,33 @@ def test_batch_sampler_covers_each_index_once(monkeypatch, world_size, n):
     if n >= world_size:
         assert all(len(batch) > 0 for batches in batches_per_rank for batch in batches)
     assert torch.equal(every_index.sort().values, torch.arange(n))
+
+
+def test_batch_sampler_unshuffled_slices_in_order():
+    sampler = BatchIndexSampler(50, batch_size=16, shuffle=False)
+    expected = [slice(0, 16, 1), slice(16, 32, 1), slice(32, 48, 1), slice(48, 50, 1)]
+    assert list(sampler) == expected
+    assert len(sampler) == 4
+
+
+def test_data_module_unshuffled_batches_are_views():
+    datamodule = ImageDataModule("digits", batch_size=32, shuffle=False, pixel_dtype="float32")
+    datamodule.setup("fit")
+    images, labels = next(iter(datamodule.train_dataloader()))
+    split = datamodule.batch_splits["train"]
+    assert images.dtype == torch.float32
+    assert images.data_ptr() == split.images.data_ptr()
+    assert torch.equal(images, datamodule.splits["train"].to_float()[:32])
+    assert torch.equal(labels, datamodule.splits["train"].labels[:32])
+    # The float32 batch passes the transfer hook unchanged and unscaled.
+    transferred, _ = datamodule.on_after_batch_transfer((images, labels), 0)
+    assert transferred is images
+    assert datamodule.float_images("train") is split.images
+
+
+def test_data_module_rejects_bad_pixel_dtype():
+    with pytest.raises(ValueError, match="data.pixel_dtype='float16' must be one of"):
+        ImageDataModule("digits", pixel_dtype="float16")
 
 
 def test_batch_sampler_seeded_per_epoch():
@@ -133,6 +166,6 @@ def test_data_module_cpu_trainer_keeps_splits_on_cpu():
     datamodule = ImageDataModule("digits", batch_size=32)
     datamodule.trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
     datamodule.setup("fit")
-    assert datamodule.device_splits is None
+    assert datamodule.batch_splits["train"].images.device == torch.device("cpu")
     images, _ = next(iter(datamodule.train_dataloader()))
     assert images.device == torch.device("cpu")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from hydra.utils import instantiate
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.cluster import KMeans, kmeans_plusplus
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -172,11 +173,31 @@ def test_kmeans_ae_minibatch_close_to_lloyd(tmp_path, same_start_run, sklearn_st
         "model.solver=minibatch",
         f"model.init={path}",
         "data.batch_size=64",
+        "data.shuffle=true",
         "trainer.max_epochs=10",
         "logger=csv",
     )
     x = training_data()
     assert total_inertia(minibatch, x) <= 1.03 * total_inertia(lloyd, x)
+
+
+def test_kmeans_ae_minibatch_unshuffled_warns(tmp_path, caplog):
+    fit_run(tmp_path, "model.solver=minibatch", "trainer.max_epochs=1", "logger=csv")
+    assert "model.solver=minibatch with data.shuffle=false" in caplog.text
+
+
+def test_kmeans_ae_lloyd_batch_is_view(tmp_path):
+    # With the config's unshuffled float32 split, the training batch is the split itself.
+    cfg = compose_train_config(tmp_path, ["model=kmeans_ae", *QUIET])
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    batches = list(datamodule.train_dataloader())
+    assert len(batches) == 1
+    images, _ = datamodule.on_after_batch_transfer(batches[0], 0)
+    split_images = datamodule.batch_splits["train"].images
+    assert images.data_ptr() == split_images.data_ptr()
+    assert images.shape == split_images.shape
+    assert torch.equal(images, datamodule.splits["train"].to_float())
 
 
 def quiet_trainer(root: Path, max_epochs: int) -> pl.Trainer:

@@ -160,6 +160,7 @@ def model_name(cfg: DictConfig) -> str | None:
 
 def check_values(cfg: DictConfig) -> list[str]:
     """Return out-of-range values and model limits that the data set breaks."""
+    from autoexp.data.datamodule import PIXEL_DTYPES
     from autoexp.data.splits import DATASETS, IMAGE_SHAPES, count_split_images
 
     problems = []
@@ -206,6 +207,9 @@ def check_values(cfg: DictConfig) -> list[str]:
             problems.append(f"data.{key}={data[key]} must be >= 1")
     if data.get("num_workers") is not None and data.num_workers < 0:
         problems.append(f"data.num_workers={data.num_workers} must be >= 0 (0 loads in-process)")
+    pixel_dtype = data.get("pixel_dtype")
+    if pixel_dtype is not None and pixel_dtype not in PIXEL_DTYPES:
+        problems.append(f"data.pixel_dtype={pixel_dtype!r} must be one of {PIXEL_DTYPES}")
     val_fraction = data.get("val_fraction")
     if val_fraction is not None and not 0 < val_fraction < 1:
         problems.append(f"data.val_fraction={val_fraction} must be in (0, 1), for example 0.1")

@@ -12,11 +12,17 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from autoexp.data.splits import IMAGE_SHAPES, Split, check_dataset_name, load_splits
 
+PIXEL_DTYPES = ("uint8", "float32")
+
 log = logging.getLogger(__name__)
 
 
 class BatchDataset(Dataset):
-    """Dataset whose items are whole batches: `dataset[index_tensor]` returns (images, labels)."""
+    """Dataset whose items are whole batches: `dataset[index]` returns (images, labels).
+
+    The index is a tensor of indices, whose images are copied, or a slice, whose images are a
+    view of the split's tensor.
+    """
 
     def __init__(self, split: Split):
         self.split = split
@@ -24,7 +30,9 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: torch.Tensor | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(index, slice):
+            return self.split.images[index], self.split.labels[index]
         # On one CPU thread, index_select gathered 256 and 4,096 Fashion-MNIST images 11 and 6
         # times faster than advanced indexing, images[index].
         return self.split.images.index_select(0, index), self.split.labels.index_select(0, index)
@@ -36,8 +44,9 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-class BatchIndexSampler(Sampler[torch.Tensor]):
-    """Yields index tensors, one per batch, over a seeded permutation that changes each epoch.
+class BatchIndexSampler(Sampler[torch.Tensor | slice]):
+    """Yields the indices of each batch: a tensor of them over a seeded permutation that
+    changes each epoch, or a slice when `shuffle` is false.
 
     Under DDP the permutation is cut into global batches of `batch_size * world_size` indices
     and each rank takes every world_size-th index of each global batch. Every index is used
@@ -45,7 +54,8 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
     accumulated across ranks (PCA covariance, k-means cluster sums) are exact.
 
     The permutation is drawn on the CPU, so it is the same on every device, and moved to
-    `device` once per epoch; the index tensors then live there.
+    `device` once per epoch; the index tensors then live there. Without shuffling, each rank's
+    share of a batch is a slice with step world_size, so the batch is a view of the split.
     """
 
     def __init__(
@@ -77,21 +87,26 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         """Make the next iteration over the same epoch skip the batches already yielded."""
         self._resume_at = (state["epoch"], state["batches_yielded"])
 
-    def _global_batches(self, world_size: int) -> list[torch.Tensor]:
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=generator)
-        else:
-            order = torch.arange(self.n)
+    def _global_batches(self, world_size: int) -> list[torch.Tensor | slice]:
+        global_batch = self.batch_size * world_size
+        if not self.shuffle:
+            starts = list(range(0, self.n, global_batch))
+            stops = [*starts[1:], self.n]
+            # A last global batch too small to give each rank an index joins the one before it.
+            if len(starts) > 1 and stops[-1] - starts[-1] < world_size:
+                stops[-2:] = [self.n]
+                starts.pop()
+            return [slice(start, stop) for start, stop in zip(starts, stops, strict=True)]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
         if self.device is not None:
             order = order.to(self.device)
-        batches = list(order.split(self.batch_size * world_size))
-        # A last global batch too small to give each rank an index joins the one before it.
+        batches = list(order.split(global_batch))
         if len(batches) > 1 and len(batches[-1]) < world_size:
             batches[-2:] = [torch.cat(batches[-2:])]
         return batches
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[torch.Tensor | slice]:
         rank, world_size = _world()
         skip = 0
         if self._resume_at is not None:
@@ -102,7 +117,10 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
         self.batches_yielded = skip
         for batch in self._global_batches(world_size)[skip:]:
             self.batches_yielded += 1
-            yield batch[rank::world_size]
+            if isinstance(batch, slice):
+                yield slice(batch.start + rank, batch.stop, world_size)
+            else:
+                yield batch[rank::world_size]
 
     def __len__(self) -> int:
         _, world_size = _world()
@@ -134,12 +152,15 @@ class ResumableDataLoader(DataLoader):
 
 
 class ImageDataModule(pl.LightningDataModule):
-    """Digits, MNIST or Fashion-MNIST, each split held in memory as one uint8 tensor.
+    """Digits, MNIST or Fashion-MNIST, each split held in memory as one tensor.
 
-    Batches are drawn by indexing those tensors with a seeded permutation and converted to
-    float32 in [0, 1] a whole batch at a time, after the transfer to the device. When the
-    trainer runs on a GPU and num_workers is 0, a copy of each split is moved to the GPU once
-    at setup, so batches are gathered there and nothing is copied per batch.
+    Batches are drawn by indexing those tensors, in a seeded permutation or in order. Splits
+    kept as uint8 are converted to float32 in [0, 1] a whole batch at a time, after the
+    transfer to the device. Splits kept as float32 are converted once and take 4 times the
+    memory. They are served as they are, so unshuffled batches are views of the split, with
+    no copy at all. When the trainer runs on a GPU and num_workers is 0, a copy of each split
+    is moved to the GPU once at setup, so batches are gathered there and nothing is copied per
+    batch.
 
     Args:
         name: One of "digits", "mnist", "fashion_mnist".
@@ -155,6 +176,10 @@ class ImageDataModule(pl.LightningDataModule):
             fastest for in-memory tensors.
         splits_on_gpu: Keep a copy of the splits on the trainer's GPU, if it runs on one and
             num_workers is 0.
+        shuffle: Draw the training batches in a new seeded order each epoch. False serves
+            them in the order of the split, as validation and test batches always are.
+        pixel_dtype: "uint8" or "float32", the type of the images that batches are drawn
+            from. Models receive float32 in [0, 1] either way.
     """
 
     def __init__(
@@ -170,12 +195,16 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         num_workers: int = 0,
         splits_on_gpu: bool = True,
+        shuffle: bool = True,
+        pixel_dtype: str = "uint8",
     ):
         super().__init__()
         check_dataset_name(name)
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"data.{key}={value!r} must be an integer >= 1")
+        if pixel_dtype not in PIXEL_DTYPES:
+            raise ValueError(f"data.pixel_dtype={pixel_dtype!r} must be one of {PIXEL_DTYPES}")
         self.name = name
         self.root = root
         self.download = download
@@ -187,9 +216,13 @@ class ImageDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.splits_on_gpu = splits_on_gpu
+        self.shuffle = shuffle
+        self.pixel_dtype = pixel_dtype
+        # The splits as loaded, with uint8 images.
         self.splits: dict[str, Split] | None = None
-        # Copies of the splits on the GPU that the dataloaders index, or None.
-        self.device_splits: dict[str, Split] | None = None
+        # The splits that the dataloaders index: converted to pixel_dtype, on the GPU when
+        # the trainer runs there. None until the first dataloader or setup.
+        self.batch_splits: dict[str, Split] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -200,17 +233,23 @@ class ImageDataModule(pl.LightningDataModule):
         self.load()
 
     def setup(self, stage: str | None = None) -> None:
-        splits = self.load()
-        device = self._batch_device()
-        if device is None:
-            self.device_splits = None
-        elif self.device_splits is None or self.device_splits["train"].images.device != device:
+        self.load()
+        device = self._batch_device() or torch.device("cpu")
+        if self.batch_splits is None or self.batch_splits["train"].images.device != device:
+            self.batch_splits = self._prepare_batch_splits(device)
+
+    def _prepare_batch_splits(self, device: torch.device) -> dict[str, Split]:
+        prepared = {}
+        for key, split in self.load().items():
+            if self.pixel_dtype == "float32":
+                split = Split(split.to_float(), split.labels, pixel_max=1)
+            prepared[key] = Split(
+                split.images.to(device), split.labels.to(device), split.pixel_max
+            )
+        if device.type != "cpu":
             # NOTE: untested on a GPU: no test machine had one when this path was written.
-            self.device_splits = {
-                key: Split(split.images.to(device), split.labels.to(device), split.pixel_max)
-                for key, split in splits.items()
-            }
             log.info("Moved the %s splits to %s", self.name, device)
+        return prepared
 
     def _batch_device(self) -> torch.device | None:
         """Return the GPU to gather batches on, or None to gather them on the CPU."""
@@ -237,11 +276,10 @@ class ImageDataModule(pl.LightningDataModule):
         return self.splits
 
     def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        data = self.load()[split]
-        device = None
-        if self.device_splits is not None:
-            data = self.device_splits[split]
-            device = data.images.device
+        if self.batch_splits is None:
+            self.batch_splits = self._prepare_batch_splits(torch.device("cpu"))
+        data = self.batch_splits[split]
+        device = data.images.device if data.images.device.type != "cpu" else None
         sampler = BatchIndexSampler(
             len(data), batch_size, shuffle, seed=self.split_seed, device=device
         )
@@ -258,7 +296,7 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        return self._loader("train", self.batch_size, shuffle=self.shuffle)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.eval_batch_size, shuffle=False)
@@ -268,8 +306,24 @@ class ImageDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, labels = batch
+        if images.is_floating_point():
+            # Already in [0, 1]. It can be a view of a float32 split, so it is never scaled in
+            # place here.
+            return images, labels
         pixel_max = self.load()["train"].pixel_max
         return images.float().div_(pixel_max), labels
+
+    def float_images(self, split: str) -> torch.Tensor:
+        """Return the images of a split as float32 in [0, 1] on the CPU.
+
+        With pixel_dtype "float32" and the splits on the CPU this is the tensor that batches
+        are drawn from, not a copy, so callers must not modify it.
+        """
+        if self.batch_splits is not None and self.pixel_dtype == "float32":
+            images = self.batch_splits[split].images
+            if images.device.type == "cpu":
+                return images
+        return self.load()[split].to_float()
 
     def sample_images(self, split: str, n: int) -> torch.Tensor:
         """Return the first n images of a split as float32 in [0, 1], shape (n, 1, H, W)."""

@@ -91,11 +91,17 @@ def _image_datamodule(module: pl.LightningModule):
 def training_images(module: pl.LightningModule) -> torch.Tensor:
     """Return the whole training split, the same on every rank, as float32 rows on the CPU.
 
+    The rows may be the data module's own tensor (ImageDataModule with pixel_dtype float32),
+    so callers must not modify them.
+
     Raises:
         TypeError: The trainer's data module does not hold its splits in memory like
             autoexp.data.ImageDataModule does.
     """
-    return _image_datamodule(module).load()["train"].to_float().flatten(1)
+    datamodule = _image_datamodule(module)
+    if hasattr(datamodule, "float_images"):
+        return datamodule.float_images("train").flatten(1)
+    return datamodule.load()["train"].to_float().flatten(1)
 
 
 def n_training_images(module: pl.LightningModule) -> int:

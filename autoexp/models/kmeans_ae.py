@@ -369,6 +369,15 @@ class KMeansAutoencoder(AutoencoderModule):
                 f"training images), because each cluster needs an image to start from; pass "
                 f"model.latent_dim={n_images} or less, or train on more images"
             )
+        if (
+            self.solver == "minibatch"
+            and getattr(self.trainer.datamodule, "shuffle", True) is False
+        ):
+            log.warning(
+                "model.solver=minibatch with data.shuffle=false moves the centroids through "
+                "the same batches in the same order every epoch; pass data.shuffle=true "
+                "data.batch_size=256 for mini-batch k-means on shuffled batches"
+            )
         # Every rank reads the init file here, so a bad file fails on all of them at once.
         if self.init not in INITS and not self.initialized.item():
             self.set_initial_centroids(read_centroids(self.init))

@@ -246,9 +246,10 @@ runs from the same repeat.
   reconstruction error per image on the training split, computed in float64 from each
   fit's mean and components.
 - **k-means.** `kmeans_ae` with its config (Lloyd, greedy k-means++, k=10, tolerance
-  1e-4, batches of 4096) against scikit-learn's `KMeans(n_clusters=10, n_init=1)` with
-  its defaults (Lloyd, greedy k-means++, tolerance 1e-4). Each repeat seeds both with the
-  repeat's index. Both inertias are recomputed in float64 from the final centroids.
+  1e-4, each epoch one unshuffled batch that is a view of the float32 training split)
+  against scikit-learn's `KMeans(n_clusters=10, n_init=1)` with its defaults (Lloyd,
+  greedy k-means++, tolerance 1e-4). Each repeat seeds both with the repeat's index. Both
+  inertias are recomputed in float64 from the final centroids.
 - **Memory.** Peak resident set size of `python -m autoexp.train` with the reference
   model, one epoch and the test, read by its parent from `getrusage(RUSAGE_CHILDREN)`.
 """

@@ -43,6 +43,9 @@ INVALID_COMMAND_LINES = [
     (["model.optimizer.lr='1e-3'"], "got a string; drop the quotes: model.optimizer.lr=1e-3"),
     (["model=kmeans_ae", "model.solver=elkan"], "model.solver='elkan' is not supported"),
     (["model=kmeans_ae", "model.n_init=0"], "model.n_init=0 must be an integer >= 1"),
+    (["model=kmeans_ae", "model.tol=nan"], "model.tol=nan must be finite and >= 0"),
+    (["data.pixel_dtype=float16"], "data.pixel_dtype='float16' must be one of"),
+    (["data.shuffle=maybe"], "data.shuffle='maybe' is invalid: expected true or false"),
     (["model=kmeans_ae", "model.init=kmeans++"], "model.init='kmeans++' is neither k-means++"),
     (["model=linear_pca_ae", "model.solver=svd"], "model.solver='svd' is not supported"),
     (

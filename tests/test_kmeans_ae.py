@@ -276,6 +276,10 @@ def test_kmeans_ae_initial_centroids_wrong_shape():
         model.set_initial_centroids(torch.zeros(2, 64))
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.set_initial_centroids(torch.full((3, 64), float("nan")))
+    # With several runs, one set of centroids per run is the only accepted shape.
+    runs = KMeansAutoencoder((1, 8, 8), latent_dim=3, n_init=2)
+    with pytest.raises(ValueError, match=r"\(3, 64\), expected \(2, 3, 64\) \(model.n_init"):
+        runs.set_initial_centroids(torch.zeros(3, 64))
 
 
 def test_kmeans_plusplus_seeded_and_distinct():

@@ -189,8 +189,8 @@ class KMeansAutoencoder(AutoencoderModule):
             raise ValueError(f"model.n_init={n_init!r} must be an integer >= 1")
         if n_local_trials is not None and n_local_trials < 1:
             raise ValueError(f"model.n_local_trials={n_local_trials} must be >= 1 or null")
-        if tol < 0:
-            raise ValueError(f"model.tol={tol} must be >= 0, e.g. 1e-4")
+        if not (math.isfinite(tol) and tol >= 0):
+            raise ValueError(f"model.tol={tol} must be finite and >= 0, e.g. 1e-4")
         self.solver = solver
         self.init = str(init)
         self.n_init = n_init
@@ -288,9 +288,10 @@ class KMeansAutoencoder(AutoencoderModule):
         if centroids.shape[:2] == expected[:2]:
             centroids = centroids.flatten(2)
         if tuple(centroids.shape) != expected:
+            accepted = f"{expected[1:]} or {expected}" if self.n_init == 1 else f"{expected}"
             raise ValueError(
-                f"initial centroids have shape {tuple(centroids.shape)}, expected "
-                f"{expected[1:]} or {expected} (model.n_init, model.latent_dim, pixels)"
+                f"initial centroids have shape {tuple(centroids.shape)}, expected {accepted} "
+                f"(model.n_init, model.latent_dim, pixels)"
             )
         if not torch.isfinite(centroids).all():
             raise ValueError("initial centroids contain NaN or infinite values")

@@ -2,6 +2,7 @@
 
 import atexit
 import os
+import warnings
 
 # OpenBLAS, the BLAS of numpy and scipy, keeps its idle threads spinning for about 0.1 s after
 # each call. The PCA and k-means code mixes numpy and scipy calls with torch operations, and a
@@ -10,6 +11,16 @@ import os
 # calls. It takes effect only where autoexp is imported before numpy, as in autoexp's
 # commands; a value the user set is kept.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+# Lightning 2.6 builds torch's LeafSpec in its pytree helper, and torch 2.14 deprecates
+# LeafSpec with a FutureWarning that every run printed and wrote to train.log. The filter
+# matches that message from Lightning's module only, so other uses still warn.
+warnings.filterwarnings(
+    "ignore",
+    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    category=FutureWarning,
+    module=r"pytorch_lightning\.utilities\._pytree",
+)
 
 from autoexp.distributed import destroy_process_group_at_exit  # noqa: E402
 from autoexp.models import load_model  # noqa: E402

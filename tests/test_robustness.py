@@ -357,6 +357,9 @@ def test_cli_ddp_single_run(tmp_path):
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
     check_ddp_job(run_dirs[0])
+    # Lightning's deprecated LeafSpec check is silenced in the workers and in train.log.
+    assert "LeafSpec" not in output_of(result)
+    assert "LeafSpec" not in (run_dirs[0] / "train.log").read_text()
     assert files_outside_outputs(tmp_path) == []
 
 

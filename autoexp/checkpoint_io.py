@@ -2,6 +2,7 @@
 
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from autoexp.models import AutoencoderModule, checkpoint_model_name, read_checkpoint
 
-# Hyperparameters left out of the differences listed for a checkpoint that does not fit the
-# config, because a resumed run may change them: they shape no tensor of the model.
-RESUMABLE_CHANGES = ("optimizer", "lr_scheduler")
+# Hyperparameters that a resumed run may change. linear_pca_ae's cosine schedule takes T_max
+# from trainer.max_epochs, which a resumed run usually raises. NOTE: Lightning restores the
+# scheduler's state from the checkpoint, T_max included, so the new value takes no effect.
+RESUMABLE_CHANGES = ("lr_scheduler",)
 
 
 def save_atomically(checkpoint: dict[str, Any], path: str | Path) -> None:
@@ -68,13 +70,30 @@ def _tensor_mismatches(checkpoint: dict, model: AutoencoderModule) -> list[str]:
     return mismatches
 
 
+def _flatten_settings(settings: Any, prefix: str) -> dict[str, Any]:
+    """Return nested mappings as {"model.optimizer.lr": value, ...}."""
+    if not isinstance(settings, Mapping):
+        return {prefix: settings}
+    flat = {}
+    for key, value in settings.items():
+        flat.update(_flatten_settings(value, f"{prefix}.{key}"))
+    return flat
+
+
 def _hyperparameter_changes(checkpoint: dict, model: AutoencoderModule) -> list[str]:
     saved = checkpoint.get("hyper_parameters") or {}
-    return [
-        f"model.{key}={value!r} in the checkpoint, {model.hparams.get(key)!r} in the config"
-        for key, value in saved.items()
-        if key not in RESUMABLE_CHANGES and value != model.hparams.get(key)
-    ]
+    changes = []
+    for key, value in saved.items():
+        if key in RESUMABLE_CHANGES:
+            continue
+        old = _flatten_settings(value, f"model.{key}")
+        new = _flatten_settings(model.hparams.get(key), f"model.{key}")
+        for name in sorted(old.keys() | new.keys()):
+            if old.get(name) != new.get(name):
+                changes.append(
+                    f"{name}={old.get(name)!r} in the checkpoint, {new.get(name)!r} in the config"
+                )
+    return changes
 
 
 def check_resume_checkpoint(
@@ -92,8 +111,9 @@ def check_resume_checkpoint(
     Raises:
         FileNotFoundError: The file does not exist.
         ValueError: The file is not readable by torch.load, was not written by autoexp-train,
-            contains no training state, or contains another model type or other tensor shapes
-            than the config's model. The message names the file.
+            contains no training state, or contains another model type, other tensor shapes
+            or other model settings (the learning-rate scheduler aside) than the config's
+            model. The message names the file.
     """
     path = Path(path).expanduser().absolute()
     try:
@@ -127,6 +147,16 @@ def check_resume_checkpoint(
             + "; ".join(mismatches[:3])
             + (f" (settings that differ: {'; '.join(changes)})" if changes else "")
             + ". Pass the model settings of the run that wrote it (its .hydra/config.yaml)."
+        )
+    changes = _hyperparameter_changes(checkpoint, model)
+    if changes:
+        # Settings without tensors of their own (an activation, a tolerance, a solver) would
+        # otherwise change silently halfway through the run.
+        raise ValueError(
+            f"ckpt_path={path} was saved with other {name} settings than the config's: "
+            + "; ".join(changes)
+            + ". Resume with the model settings of the run that wrote it (its "
+            ".hydra/config.yaml), or start a new run without ckpt_path."
         )
     epoch = checkpoint.get("epoch")
     if isinstance(epoch, int) and isinstance(max_epochs, int) and -1 < max_epochs < epoch:

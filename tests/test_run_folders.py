@@ -93,6 +93,8 @@ def test_cli_resume_last_into_same_folder(tmp_path):
     [
         ("model.latent_dim=12", "model.latent_dim=4 in the checkpoint, 12 in the config"),
         ("trainer.max_epochs=1", "was saved in epoch 2, beyond trainer.max_epochs=1"),
+        ("model.activation=gelu", "model.activation='relu' in the checkpoint, 'gelu' in the"),
+        ("model.optimizer.lr=0.01", "model.optimizer.lr=0.001 in the checkpoint, 0.01 in the"),
     ],
 )
 def test_cli_rejected_resume_keeps_run_config(tmp_path, change, expected):

@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         "--config-name",
         "config",
         f"hydra.run.dir={out}",
+        # A resumed run's config names the checkpoint it resumed from, often its own
+        # last.ckpt. Resuming is exact, so training from scratch to trainer.max_epochs
+        # reproduces it.
+        "ckpt_path=null",
     ]
     print(f"Reproducing {run_dir} into {out}", flush=True)
     result = subprocess.run(command)

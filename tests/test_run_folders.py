@@ -87,6 +87,16 @@ def test_cli_resume_last_into_same_folder(tmp_path):
     assert len(list(run_dirs[0].glob("events.out.tfevents.*"))) >= 2
     assert list((run_dirs[0] / ".hydra").glob("before-resume-*/config.yaml"))
 
+    # The resumed run is reproduced from scratch, also from another folder than the launch
+    # folder that its relative ckpt_path=last resolved against.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = run_cli(["-m", "autoexp.reproduce", str(run_dirs[0])], cwd=elsewhere)
+    assert again.returncode == 0, again.stdout + again.stderr
+    output = again.stdout + again.stderr
+    assert f"Restoring states from the checkpoint path at {run_dirs[0]}" not in output
+    assert "Reproduced: every metric within rtol=1e-06" in again.stdout
+
 
 @pytest.mark.parametrize(
     ("change", "expected"),

@@ -46,6 +46,9 @@ INVALID_COMMAND_LINES = [
     (["model=kmeans_ae", "model.tol=nan"], "model.tol=nan must be finite and >= 0"),
     (["data.pixel_dtype=float16"], "data.pixel_dtype='float16' must be one of"),
     (["data.shuffle=maybe"], "data.shuffle='maybe' is invalid: expected true or false"),
+    (["data.shuffle=off"], "data.shuffle='off' is invalid: expected true or false; pass data.shu"),
+    (["data.shuffle=1"], "data.shuffle=1 is invalid: expected true or false; pass data.shuffle=t"),
+    (["test=no"], "test='no' is invalid: expected true or false; pass test=false"),
     (["model=kmeans_ae", "model.init=kmeans++"], "model.init='kmeans++' is neither k-means++"),
     (["model=linear_pca_ae", "model.solver=svd"], "model.solver='svd' is not supported"),
     (

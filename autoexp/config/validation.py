@@ -78,6 +78,13 @@ def check_node(node: DictConfig, schema: type, prefix: str, accepts_any_key: boo
         # OmegaConf turns a quoted "3" into 3 for an int field, but the config keeps the
         # string, which the range checks and the target's code would then receive.
         converted = structured[key]
+        if isinstance(converted, bool) and not isinstance(value, bool):
+            # OmegaConf also reads 1, 0, "yes", "no", "on" and "off" as booleans.
+            problems.append(
+                f"{path}={value!r} is invalid: expected true or false; pass "
+                f"{path}={str(converted).lower()}"
+            )
+            continue
         if isinstance(value, str) and isinstance(converted, bool | int | float):
             expected = describe_type(fields[key].type)
             problems.append(

@@ -369,10 +369,7 @@ class KMeansAutoencoder(AutoencoderModule):
                 f"training images), because each cluster needs an image to start from; pass "
                 f"model.latent_dim={n_images} or less, or train on more images"
             )
-        if (
-            self.solver == "minibatch"
-            and getattr(self.trainer.datamodule, "shuffle", True) is False
-        ):
+        if self.solver == "minibatch" and not getattr(self.trainer.datamodule, "shuffle", True):
             log.warning(
                 "model.solver=minibatch with data.shuffle=false moves the centroids through "
                 "the same batches in the same order every epoch; pass data.shuffle=true "

@@ -1,7 +1,12 @@
-"""Process-level clean-up for DDP runs."""
+"""Process set-up and clean-up for DDP runs: logging in the workers, the process group at exit."""
 
 import logging
+import multiprocessing
 import sys
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -20,3 +25,80 @@ def destroy_process_group_at_exit() -> None:
         return
     log.debug("Destroying the torch.distributed process group before exit")
     distributed.destroy_process_group()
+
+
+def _handler_settings(handler: logging.Handler) -> dict[str, Any] | None:
+    """Return what rebuilds a file or console handler in another process, or None."""
+    formatter = handler.formatter
+    settings = {
+        "level": handler.level,
+        "format": getattr(formatter, "_fmt", None),
+        "datefmt": getattr(formatter, "datefmt", None),
+    }
+    if isinstance(handler, logging.FileHandler):
+        return {**settings, "file": handler.baseFilename}
+    if isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout, sys.stderr):
+        return {**settings, "stream": "stdout" if handler.stream is sys.stdout else "stderr"}
+    return None
+
+
+class _RankFilter(logging.Filter):
+    """Pass every record on rank 0 and only errors on the other ranks, prefixed with the rank."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rank = rank_zero_only.rank
+        record.rank_prefix = f"[rank {rank}] " if rank > 0 else ""
+        return rank == 0 or record.levelno >= logging.ERROR
+
+
+class WorkerLogging(pl.Callback):
+    """Give DDP worker processes the logging setup of the process that launched them.
+
+    The ddp_spawn launcher starts its workers as new interpreters with Python's default
+    logging, so their INFO lines (the data loaded, the k-means convergence) would go nowhere
+    and their warnings to the console only, unformatted and once per rank. When a worker
+    unpickles this callback, before the trainer runs, and its root logger has no handlers,
+    the callback adds the launching process's file and console handlers (Hydra's train.log
+    and console). Rank 0 then logs as the launching process does, and other ranks log errors
+    only, prefixed with their rank, so a message that every rank emits appears once.
+    """
+
+    def __init__(self) -> None:
+        root = logging.getLogger()
+        self.level = root.level
+        self.handlers = [
+            settings
+            for settings in (_handler_settings(handler) for handler in root.handlers)
+            if settings is not None
+        ]
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # multiprocessing's spawn start method imports the parent's main module as
+        # __mp_main__ before it unpickles the process's arguments, this callback among them.
+        if "__mp_main__" in sys.modules:
+            self._add_handlers()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # A worker whose main module was not found (an interactive session) gets the
+        # handlers here, after the data module's prepare_data has logged.
+        if multiprocessing.parent_process() is not None:
+            self._add_handlers()
+
+    def _add_handlers(self) -> None:
+        root = logging.getLogger()
+        if root.handlers or not self.handlers:
+            return
+        rank_filter = _RankFilter()
+        for settings in self.handlers:
+            if "file" in settings:
+                handler: logging.Handler = logging.FileHandler(settings["file"], mode="a")
+            else:
+                handler = logging.StreamHandler(getattr(sys, settings["stream"]))
+            text_format = "%(rank_prefix)s" + (settings["format"] or logging.BASIC_FORMAT)
+            handler.setFormatter(logging.Formatter(text_format, settings["datefmt"]))
+            handler.setLevel(settings["level"])
+            handler.addFilter(rank_filter)
+            root.addHandler(handler)
+        root.setLevel(self.level)
+        logging.captureWarnings(True)

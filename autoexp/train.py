@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoexp.callbacks import HparamsLogger
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import validate_config
+from autoexp.distributed import WorkerLogging
 from autoexp.models import AutoencoderModule
 from autoexp.sweep import record_failure, register_resolvers
 
@@ -127,7 +128,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), model)
     settings = run_settings(cfg, model)
-    callbacks = make_callbacks(cfg, settings)
+    callbacks = [*make_callbacks(cfg, settings), WorkerLogging()]
     trainer = instantiate(cfg.trainer, logger=make_loggers(cfg), callbacks=callbacks)
 
     n_parameters = sum(p.numel() for p in model.parameters())

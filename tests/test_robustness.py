@@ -358,8 +358,12 @@ def test_cli_ddp_single_run(tmp_path):
     assert len(run_dirs) == 1
     check_ddp_job(run_dirs[0])
     # Lightning's deprecated LeafSpec check is silenced in the workers and in train.log.
+    train_log = (run_dirs[0] / "train.log").read_text()
     assert "LeafSpec" not in output_of(result)
-    assert "LeafSpec" not in (run_dirs[0] / "train.log").read_text()
+    assert "LeafSpec" not in train_log
+    # The workers log into train.log, rank 0 only: one data line for the fit, none for the test
+    # (test=false).
+    assert train_log.count("Loaded digits: train") == 1
     assert files_outside_outputs(tmp_path) == []
 
 

@@ -1,5 +1,6 @@
 """kmeans_ae against scikit-learn's KMeans on the same training split."""
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from autoexp.models import KMeansAutoencoder
 from autoexp.models.kmeans_ae import EmptyClusterWarning
 from autoexp.models.kmeans_ae import kmeans_plusplus as greedy_kmeans_plusplus
 from autoexp.train import train
-from tests.conftest import compose_train_config
+from tests.conftest import compose_train_config, requires_fashion_mnist
 
 # Without a monitored metric, ModelCheckpoint saves every epoch, so last.ckpt contains the final
 # model. With one, Lightning 2.6 rewrites last.ckpt only when the metric improves.
@@ -219,6 +220,24 @@ def tiny_datamodule(images: torch.Tensor) -> ImageDataModule:
     split = Split(images[:, None].contiguous(), labels, pixel_max=16)
     datamodule.splits = {"train": split, "val": split, "test": split}
     return datamodule
+
+
+@pytest.mark.slow
+@requires_fashion_mnist
+def test_kmeans_ae_fashion_mnist_cluster_sizes_whole(tmp_path):
+    # One batch of 54,000 images: Lightning's float32 batch-size weighting rounded the
+    # logged sizes (7417 became 7417.0005) until the epoch scalars were logged with weight 1.
+    # An odd size times 54,000 is not a float32 integer, so the epochs below log some sizes
+    # that the rounding changed (all twelve even has odds of 1 in 4,096).
+    metrics, model = fit_run(tmp_path, "data=fashion_mnist", "trainer.max_epochs=6", "logger=csv")
+    assert metrics["kmeans/cluster_size_max"] == model.counts.max().item()
+    (csv_path,) = tmp_path.rglob("metrics.csv")
+    with csv_path.open() as file:
+        rows = [row for row in csv.DictReader(file) if row["kmeans/cluster_size_max"]]
+    assert len(rows) == 6
+    for row in rows:
+        for name in ("kmeans/cluster_size_min", "kmeans/cluster_size_max"):
+            assert float(row[name]).is_integer(), (name, row[name])
 
 
 def test_kmeans_ae_reseeds_empty_clusters(tmp_path):

@@ -105,14 +105,22 @@ def test_kmeans_ae_logs_to_tensorboard(same_start_run, same_start_dir):
     assert "figures/cluster_sizes" in tags["images"]
 
 
-def test_assign_and_sum_matches_float64_reference():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_assign_and_sum_matches_float64_reference(threads):
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(2500, 64, generator=generator)
     # Two runs of three clusters: six centroid rows, padded to eight inside.
     model = KMeansAutoencoder((1, 8, 8), latent_dim=3, n_init=2)
     model.set_initial_centroids(torch.rand(2, 3, 64, generator=generator, dtype=torch.float64))
-    with torch.no_grad():
-        distances, labels, sums, counts = model._assign_and_sum(x, chunk_size=1000)
+    previous = torch.get_num_threads()
+    # With 2 threads, the 5 chunks of 500 rows run as two parts, one per thread.
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            distances, labels, sums, counts = model._assign_and_sum(x, chunk_size=500)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(previous)
 
     centroids = model.centroids.detach()
     reference = (x.double()[None, :, None, :] - centroids[:, None]).pow(2).sum(-1)  # (2, n, 3)

@@ -9,6 +9,7 @@ images is the k-means objective (inertia) per image.
 import logging
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,42 @@ def squared_distances(
     distances = torch.addmm((centroids * centroids).sum(1), x, centroids.T, alpha=-2)
     distances += x_norms[:, None]
     return distances.clamp_(min=0)
+
+
+def assign_and_sum_chunks(
+    x: torch.Tensor, centroids: torch.Tensor, runs: int, k: int, chunk_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Assign the rows of x to the nearest of each run's k centroids and sum them per cluster.
+
+    Args:
+        x: Rows (n, d) in the precision of the products.
+        centroids: The runs' centroids as rows, run r's cluster j at row r * k + j, possibly
+            followed by zero rows of padding; same dtype as x.
+        runs: Number of runs.
+        k: Centroids per run.
+        chunk_size: Rows per pair of matrix products.
+
+    Returns:
+        Squared distances to the nearest centroid (n, runs), its index (n, runs), and the
+        float64 sums (runs * k, d) and counts (runs * k,) of the rows of each cluster.
+    """
+    centroid_norms = (centroids * centroids).sum(1)
+    # Row r of a chunk's one-hot matrix marks the images of run r // k, cluster r % k.
+    offsets = torch.arange(runs, device=x.device)[:, None] * k
+    sums = torch.zeros(runs * k, x.shape[1], dtype=torch.float64, device=x.device)
+    counts = torch.zeros(runs * k, dtype=torch.float64, device=x.device)
+    all_distances, all_labels = [], []
+    for chunk in x.split(chunk_size):
+        scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2)
+        best, labels = scores[:, : runs * k].reshape(len(chunk), runs, k).min(dim=2)
+        one_hot_t = chunk.new_zeros(runs * k, len(chunk))
+        one_hot_t.scatter_(0, labels.T + offsets, 1.0)
+        sums += (one_hot_t @ chunk).double()
+        counts += one_hot_t.sum(1, dtype=torch.float64)
+        norms = torch.linalg.vector_norm(chunk, dim=1).square_()
+        all_distances.append((best + norms[:, None]).clamp_(min=0))
+        all_labels.append(labels)
+    return torch.cat(all_distances), torch.cat(all_labels), sums, counts
 
 
 def kmeans_plusplus(
@@ -423,7 +460,10 @@ class KMeansAutoencoder(AutoencoderModule):
         ||c||^2 - 2 x c^T for the assignment, and one_hot^T x for the sums. They run on
         chunks of chunk_size images, which stay in the CPU's cache from the first product to
         the second. Each chunk's sums are added up in float64, where the centroids are
-        computed.
+        computed. On a CPU with several torch threads, the rows are cut into one part per
+        thread, and each thread runs its part's chunks with single-threaded products, as
+        scikit-learn's Lloyd loop does. On a 2-core CPU this took 31 ms per Fashion-MNIST
+        pass instead of 46 ms with two threads inside each product.
 
         Args:
             x: Images as rows, shape (n, n_pixels).
@@ -441,28 +481,28 @@ class KMeansAutoencoder(AutoencoderModule):
         # Zero rows pad the centroids to a multiple of 8, which made the distance product
         # about 20% faster on a 2-core AMD EPYC. Their columns are dropped before the minimum.
         centroids = F.pad(centroids, (0, 0, 0, -(runs * k) % 8))
-        centroid_norms = (centroids * centroids).sum(1)
-        # Row r of a chunk's one-hot matrix marks the images of run r // k, cluster r % k.
-        offsets = torch.arange(runs, device=x.device)[:, None] * k
-        sums = torch.zeros(runs * k, self.n_pixels, dtype=torch.float64, device=x.device)
-        counts = torch.zeros(runs * k, dtype=torch.float64, device=x.device)
-        all_distances, all_labels = [], []
-        for chunk in x.split(chunk_size):
-            scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2)
-            best, labels = scores[:, : runs * k].reshape(len(chunk), runs, k).min(dim=2)
-            one_hot_t = chunk.new_zeros(runs * k, len(chunk))
-            one_hot_t.scatter_(0, labels.T + offsets, 1.0)
-            sums += (one_hot_t @ chunk).double()
-            counts += one_hot_t.sum(1, dtype=torch.float64)
-            norms = torch.linalg.vector_norm(chunk, dim=1).square_()
-            all_distances.append((best + norms[:, None]).clamp_(min=0))
-            all_labels.append(labels)
-        return (
-            torch.cat(all_distances),
-            torch.cat(all_labels),
-            sums.reshape(runs, k, self.n_pixels),
-            counts.reshape(runs, k),
-        )
+
+        def assign_part(part: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return assign_and_sum_chunks(part, centroids, runs, k, chunk_size)
+
+        torch_threads = torch.get_num_threads()
+        # Each thread gets at least two chunks.
+        threads = min(torch_threads, len(x) // (2 * chunk_size))
+        if threads <= 1 or x.device.type != "cpu":
+            distances, labels, sums, counts = assign_part(x)
+        else:
+            part_size = math.ceil(math.ceil(len(x) / chunk_size) / threads) * chunk_size
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(threads) as pool:
+                    parts = list(pool.map(assign_part, x.split(part_size)))
+            finally:
+                torch.set_num_threads(torch_threads)
+            distances = torch.cat([part[0] for part in parts])
+            labels = torch.cat([part[1] for part in parts])
+            sums = sum(part[2] for part in parts)
+            counts = sum(part[3] for part in parts)
+        return distances, labels, sums.reshape(runs, k, self.n_pixels), counts.reshape(runs, k)
 
     def _accumulate(self, x, labels, distances, batch_sums, batch_counts) -> None:
         epoch = self._epoch

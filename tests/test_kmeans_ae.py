@@ -16,8 +16,8 @@ from autoexp import load_model
 from autoexp.data import ImageDataModule, load_split
 from autoexp.data.splits import Split
 from autoexp.models import KMeansAutoencoder
+from autoexp.models.clustering import kmeans_plusplus as greedy_kmeans_plusplus
 from autoexp.models.kmeans_ae import EmptyClusterWarning
-from autoexp.models.kmeans_ae import kmeans_plusplus as greedy_kmeans_plusplus
 from autoexp.train import train
 from tests.conftest import compose_train_config, requires_fashion_mnist
 

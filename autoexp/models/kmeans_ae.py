@@ -70,11 +70,11 @@ class KMeansAutoencoder(AutoencoderModule):
     NOTE: this model has run on CPUs only, in one process and under DDP with gloo. Its CUDA
     path has not run.
 
-    NOTE: on a 2-core CPU a Lloyd iteration over Fashion-MNIST took about 55 ms, 1.3 to 1.6
-    times as long as one of scikit-learn's, mostly in `_assign_and_sum`, whose two matrix
-    products per chunk scikit-learn's compiled loop does in one pass. With seeds 0 to 2 the
-    fits needed 27 to 37 iterations against scikit-learn's 55 to 72, and took 0.70 to 1.07
-    times as long (autoexp-bench, validation and checkpoints left out).
+    NOTE: on a 2-core CPU a Lloyd iteration over Fashion-MNIST took about 50 ms, 1.1 to 1.6
+    times as long as one of scikit-learn's. With seeds 0 to 2 the fits needed 27 to 37
+    iterations against scikit-learn's 55 to 72, so the whole fit took 0.56 to 1.30 times
+    as long in four autoexp-bench runs (medians 0.74 to 0.82), validation and checkpoints
+    left out. A seed that needs as many iterations as scikit-learn would be slower.
 
     Args:
         image_shape: (channels, height, width) of the images.

@@ -1,9 +1,12 @@
 """`ckpt_path` on the command line: `last`, relative paths, and resuming in the same folder."""
 
+import re
 import shutil
 import time
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from autoexp.checkpoint_io import check_resume_checkpoint
@@ -14,6 +17,27 @@ RESUME_FREE_KEYS = ("ckpt_path", "trainer.max_epochs", "trainer.max_steps")
 
 class ResumeError(ValueError):
     """A `ckpt_path` that cannot be resumed from."""
+
+
+def override_value(text: str) -> str:
+    """Return a path as the value of a Hydra override, quoted where Hydra's grammar needs it.
+
+    Sweep job folders have names like `model.latent_dim=4`, and Hydra rejects an unquoted
+    `=` or `,` in a value.
+    """
+    if re.fullmatch(r"[\w./~+@:-]*", text):
+        return text
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def parse_override_value(override: str) -> str | None:
+    """Return the value of a `key=value` override as Hydra reads it (quotes removed)."""
+    try:
+        value = OverridesParser.create().parse_override(override).value()
+    except HydraException:
+        # Hydra reports the syntax error itself once it parses the command line.
+        return override.partition("=")[2]
+    return None if value is None else str(value)
 
 
 def comparable_overrides(overrides: list[str]) -> list[str]:
@@ -96,8 +120,8 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
     )
     if index is None:
         return overrides
-    value = overrides[index].partition("=")[2]
-    if value in ("", "null"):
+    value = parse_override_value(overrides[index])
+    if value in (None, "", "null"):
         return overrides
     if value == "last":
         checkpoint = find_last_checkpoint(log_dir, overrides)
@@ -111,9 +135,13 @@ def prepare_resume(overrides: list[str], log_dir: Path, multirun: bool) -> list[
     except ValueError as error:
         raise ResumeError(str(error)) from error
 
-    resolved = [*overrides[:index], f"ckpt_path={checkpoint}", *overrides[index + 1 :]]
+    resolved = [
+        *overrides[:index],
+        f"ckpt_path={override_value(str(checkpoint))}",
+        *overrides[index + 1 :],
+    ]
     run_dir = run_dir_of(checkpoint)
     has_run_dir = any(item.startswith("hydra.run.dir=") for item in overrides)
     if run_dir is not None and not multirun and not has_run_dir:
-        resolved.append(f"hydra.run.dir={run_dir}")
+        resolved.append(f"hydra.run.dir={override_value(str(run_dir))}")
     return resolved

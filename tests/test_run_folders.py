@@ -2,10 +2,12 @@
 
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
 
+from autoexp.callbacks.safety import resume_command
 from autoexp.resume import ResumeError, find_last_checkpoint, prepare_resume
 from autoexp.sweep import reserve_run_dir
 from tests.conftest import run_cli
@@ -138,3 +140,22 @@ def test_find_last_checkpoint_prefers_newer_interrupted(tmp_path):
     last_time = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime
     os.utime(interrupted, (last_time + 10, last_time + 10))
     assert find_last_checkpoint(tmp_path, ["ckpt_path=last"]) == interrupted
+
+
+def test_cli_resume_sweep_job_checkpoint(tmp_path):
+    # Sweep job folders are named after their overrides, so the checkpoint's path holds "=",
+    # which Hydra accepts in a value only when quoted.
+    sweep = run_cli(
+        ["-m", "autoexp.train", "-m", *QUIET, "trainer.max_epochs=1", "seed=0,1"], cwd=tmp_path
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    (job_dir,) = (tmp_path / "outputs" / "multirun").glob("*/*/seed=1")
+    checkpoint = job_dir / "checkpoints" / "last.ckpt"
+    quoted = resume_command([], checkpoint).split(" ", 1)[1]
+    assert shlex.split(quoted) == [f"ckpt_path='{checkpoint}'"]
+
+    args = ["-m", "autoexp.train", *QUIET, "seed=1", "trainer.max_epochs=2", *shlex.split(quoted)]
+    resumed = run_cli(args, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((job_dir / "metrics.json").read_text())
+    assert record["epochs"] == 2

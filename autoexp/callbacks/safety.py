@@ -131,8 +131,11 @@ def launch_overrides() -> list[str]:
 
 def resume_command(overrides: list[str], checkpoint: str | Path) -> str:
     """Return the autoexp-train command that resumes a run from a checkpoint."""
+    # Imported here because autoexp.resume imports the models, which import this package.
+    from autoexp.resume import override_value
+
     kept = [item for item in overrides if item.partition("=")[0].lstrip("+~") != "ckpt_path"]
-    return shlex.join(["autoexp-train", *kept, f"ckpt_path={checkpoint}"])
+    return shlex.join(["autoexp-train", *kept, f"ckpt_path={override_value(str(checkpoint))}"])
 
 
 class InterruptCheckpoint(pl.Callback):

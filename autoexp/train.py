@@ -21,7 +21,7 @@ from autoexp.callbacks import HparamsLogger
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import validate_config
 from autoexp.distributed import WorkerLogging
-from autoexp.models import AutoencoderModule
+from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.sweep import record_failure, register_resolvers
 
 log = logging.getLogger(__name__)
@@ -153,10 +153,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({name: float(value) for name, value in results[0].items()})
 
     if trainer.is_global_zero:
+        epochs, global_step = training_progress(trainer, output_dir)
         record = {
             **settings,
-            "epochs": trainer.current_epoch,
-            "global_step": trainer.global_step,
+            "epochs": epochs,
+            "global_step": global_step,
             "train_time_s": round(train_time, 3),
             "n_parameters": n_parameters,
             "metrics": metrics,
@@ -170,6 +171,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         )
         log.info("Finished in %.1f s: %s. Outputs in %s", train_time, summary, output_dir)
     return metrics
+
+
+def training_progress(trainer: pl.Trainer, output_dir: Path) -> tuple[int, int]:
+    """Return the epochs trained and the global step at the end of the fit.
+
+    The ddp_spawn launcher brings the workers' metrics and best checkpoint back to this
+    process but not the loops' progress, so this process's trainer still reads 0 and 0.
+    last.ckpt, saved at the end of the last epoch, has the workers' values then.
+    """
+    epochs, global_step = trainer.current_epoch, trainer.global_step
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if trainer.world_size > 1 and global_step == 0 and last.is_file():
+        checkpoint = read_checkpoint(last)
+        epochs, global_step = checkpoint["epoch"] + 1, checkpoint["global_step"]
+    return epochs, global_step
 
 
 def remove_unused_run_dir(output_dir: Path) -> None:

@@ -347,7 +347,9 @@ def check_ddp_job(job_dir: Path) -> None:
         state for key, state in last["callbacks"].items() if key.startswith("ModelCheckpoint")
     ]
     assert Path(states[0]["best_model_path"]).parent == job_dir / "checkpoints"
-    assert (job_dir / "metrics.json").is_file()
+    record = json.loads((job_dir / "metrics.json").read_text())
+    assert record["epochs"] == 1
+    assert record["global_step"] == 4
     assert list(job_dir.glob("events.out.tfevents*"))
 
 

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 
 def relative_difference(stored: float, new: float) -> float:
     if stored == new:
@@ -94,10 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         f"hydra.run.dir={out}",
         # A resumed run's config names the checkpoint it resumed from, often its own
         # last.ckpt. Resuming is exact, so training from scratch to trainer.max_epochs
-        # reproduces it.
+        # reproduces it, with the exception noted below.
         "ckpt_path=null",
     ]
     print(f"Reproducing {run_dir} into {out}", flush=True)
+    config = OmegaConf.load(config_path)
+    if config.get("ckpt_path") and OmegaConf.select(config, "model.lr_scheduler") is not None:
+        print(
+            "Note: this run was resumed, and a learning-rate schedule keeps the length it "
+            "had when the run started (Lightning restores the scheduler's state). If the "
+            "resume raised trainer.max_epochs, the rerun from scratch follows another "
+            "schedule and its metrics differ."
+        )
     result = subprocess.run(command)
     if result.returncode != 0 or not (out / "metrics.json").is_file():
         print(

@@ -1,8 +1,10 @@
 """Process set-up and clean-up for DDP runs: logging in the workers, the process group at exit."""
 
+import contextlib
 import logging
 import multiprocessing
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
@@ -102,3 +104,23 @@ class WorkerLogging(pl.Callback):
             root.addHandler(handler)
         root.setLevel(self.level)
         logging.captureWarnings(True)
+
+
+@contextlib.contextmanager
+def standard_start_method() -> Iterator[None]:
+    """Make spawn the default start method of multiprocessing inside the block, if the
+    process's default is not one of Python's own.
+
+    Hydra's joblib launcher runs jobs in loky worker processes, whose default start method
+    is loky's. The spawn launcher of trainer=ddp passes the default start method to its
+    workers, which cannot set it ("cannot find context for 'loky'") and exit.
+    """
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current in (None, *multiprocessing.get_all_start_methods()):
+        yield
+        return
+    multiprocessing.set_start_method("spawn", force=True)
+    try:
+        yield
+    finally:
+        multiprocessing.set_start_method(current, force=True)

@@ -369,8 +369,13 @@ def test_cli_ddp_single_run(tmp_path):
     assert files_outside_outputs(tmp_path) == []
 
 
-def test_cli_ddp_sweep_one_folder_per_job(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_cli_ddp_sweep_one_folder_per_job(tmp_path, launcher):
+    # The joblib launcher runs each job in a loky worker process, whose default start method
+    # the spawned DDP workers cannot set unless autoexp switches it to spawn for the fit.
     args = ["-m", "autoexp.train", "-m", *DDP_FAST, "model.latent_dim=2,4"]
+    if launcher == "joblib":
+        args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
     result = run_cli(args, cwd=tmp_path, timeout=400)
     assert result.returncode == 0, output_of(result)
     sweep_dirs = list((tmp_path / "outputs" / "multirun").glob("*/*"))

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -106,21 +107,58 @@ class WorkerLogging(pl.Callback):
         logging.captureWarnings(True)
 
 
-@contextlib.contextmanager
-def standard_start_method() -> Iterator[None]:
-    """Make spawn the default start method of multiprocessing inside the block, if the
-    process's default is not one of Python's own.
+def _in_launcher_worker() -> bool:
+    """Return whether this process's default start method is not one of Python's own.
 
-    Hydra's joblib launcher runs jobs in loky worker processes, whose default start method
-    is loky's. The spawn launcher of trainer=ddp passes the default start method to its
-    workers, which cannot set it ("cannot find context for 'loky'") and exit.
+    That is the case in the loky worker processes where Hydra's joblib launcher runs jobs.
     """
     current = multiprocessing.get_start_method(allow_none=True)
-    if current in (None, *multiprocessing.get_all_start_methods()):
+    return current not in (None, *multiprocessing.get_all_start_methods())
+
+
+# MASTER_PORT values that launcher_job warned about, so that a worker warns once, not at each
+# fit and test.
+_ports_warned_about: set[str] = set()
+
+
+@contextlib.contextmanager
+def launcher_job() -> Iterator[None]:
+    """Prepare a joblib launcher job for the spawn launcher of trainer=ddp inside the block.
+
+    Hydra's joblib launcher runs jobs side by side in loky worker processes. Outside such a
+    worker the block runs unchanged. Inside one:
+
+    - spawn becomes the default start method of multiprocessing. The default is loky's,
+      which the spawn launcher passes on to its workers; they cannot set it ("cannot find
+      context for 'loky'") and exit.
+    - MASTER_PORT is removed from the environment, so the job's rank 0 listens on a free
+      port of its own. Jobs that run at the same time inherit the same MASTER_PORT; the
+      first one listens on it, and the ranks of the others fail with "address already in
+      use" or join the wrong job. The block restores MASTER_PORT on exit, so the next job
+      in the same worker finds the environment it inherited, not the port Lightning set.
+
+    NOTE: Lightning finds the free port by binding port 0 and closing the socket, so two jobs
+    that start together could still draw the same port. That has not been seen here.
+    """
+    if not _in_launcher_worker():
         yield
         return
+    start_method = multiprocessing.get_start_method()
+    inherited_port = os.environ.pop("MASTER_PORT", None)
+    if inherited_port is not None and inherited_port not in _ports_warned_about:
+        _ports_warned_about.add(inherited_port)
+        log.warning(
+            "Ignoring MASTER_PORT=%s from the environment: jobs of the joblib launcher run "
+            "side by side, and each one needs a port of its own, so each takes a free one. "
+            "Unset MASTER_PORT to silence this warning.",
+            inherited_port,
+        )
     multiprocessing.set_start_method("spawn", force=True)
     try:
         yield
     finally:
-        multiprocessing.set_start_method(current, force=True)
+        multiprocessing.set_start_method(start_method, force=True)
+        if inherited_port is None:
+            os.environ.pop("MASTER_PORT", None)
+        else:
+            os.environ["MASTER_PORT"] = inherited_port

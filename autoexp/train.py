@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from autoexp.callbacks import HparamsLogger
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import validate_config
-from autoexp.distributed import WorkerLogging, standard_start_method
+from autoexp.distributed import WorkerLogging, launcher_job
 from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.sweep import record_failure, register_resolvers
 
@@ -142,13 +142,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.seed,
     )
     start = time.perf_counter()
-    with standard_start_method():
+    with launcher_job():
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_time = time.perf_counter() - start
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
-        with standard_start_method():
+        with launcher_job():
             results = trainer.test(
                 model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False
             )

@@ -55,11 +55,27 @@ def train_config(tmp_path: Path) -> Callable[..., DictConfig]:
     GlobalHydra.instance().clear()
 
 
+@pytest.fixture(autouse=True)
+def restore_environment():
+    """Undo what a test changed in os.environ, such as the MASTER_PORT that Lightning sets in
+    the process that launches DDP workers, so that later tests and their subprocesses start
+    from the same environment."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def run_cli(
-    args: list[str], cwd: Path, timeout: float = 300, **kwargs
+    args: list[str],
+    cwd: Path,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    **kwargs,
 ) -> subprocess.CompletedProcess:
-    """Run `python -m autoexp.train ARGS` (or another module given as args[0] with -m) in cwd."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    """Run `python -m autoexp.train ARGS` (or another module given as args[0] with -m) in cwd,
+    with the variables of env added to the environment."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, *args],
         cwd=cwd,

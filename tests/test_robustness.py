@@ -372,12 +372,18 @@ def test_cli_ddp_single_run(tmp_path):
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_cli_ddp_sweep_one_folder_per_job(tmp_path, launcher):
     # The joblib launcher runs each job in a loky worker process, whose default start method
-    # the spawned DDP workers cannot set unless autoexp switches it to spawn for the fit.
+    # the spawned DDP workers cannot set unless autoexp switches it to spawn for the fit. Its
+    # jobs run side by side, so a MASTER_PORT from the environment, which both would inherit,
+    # must give way to a free port for each.
     args = ["-m", "autoexp.train", "-m", *DDP_FAST, "model.latent_dim=2,4"]
+    env = {}
     if launcher == "joblib":
         args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    result = run_cli(args, cwd=tmp_path, timeout=400)
+        env["MASTER_PORT"] = str(closed_port())
+    result = run_cli(args, cwd=tmp_path, timeout=400, env=env)
     assert result.returncode == 0, output_of(result)
+    if launcher == "joblib":
+        assert f"Ignoring MASTER_PORT={env['MASTER_PORT']}" in output_of(result)
     sweep_dirs = list((tmp_path / "outputs" / "multirun").glob("*/*"))
     assert len(sweep_dirs) == 1
     job_dirs = sorted(path for path in sweep_dirs[0].iterdir() if path.is_dir())

@@ -4,8 +4,10 @@ import json
 import logging
 import platform
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoexp.callbacks import HparamsLogger
+from autoexp.callbacks import HparamsLogger, TrainingInterrupted
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
@@ -142,16 +144,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
         cfg.seed,
     )
     start = time.perf_counter()
-    with launcher_job():
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    run_trainer(trainer, trainer.fit, model, datamodule=datamodule, ckpt_path=ckpt_path)
     train_time = time.perf_counter() - start
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
-        with launcher_job():
-            results = trainer.test(
-                model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer), verbose=False
-            )
+        results = run_trainer(
+            trainer,
+            trainer.test,
+            model,
+            datamodule=datamodule,
+            ckpt_path=best_checkpoint(trainer),
+            verbose=False,
+        )
         metrics.update({name: float(value) for name, value in results[0].items()})
 
     if trainer.is_global_zero:
@@ -190,12 +195,53 @@ def training_progress(trainer: pl.Trainer, output_dir: Path) -> tuple[int, int]:
     return epochs, global_step
 
 
+def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs) -> Any:
+    """Call `trainer.fit` or `trainer.test` as a job of any Hydra launcher can.
+
+    Ctrl-C outside the training batches (while the model initializes, in the sanity check, in
+    the test) makes Lightning exit with code 1. That exit becomes TrainingInterrupted with
+    code 130, as a SIGINT during the training batches ends the run.
+    """
+    try:
+        with launcher_job():
+            return method(*args, **kwargs)
+    except SystemExit as error:
+        if type(error) is not SystemExit or not trainer.interrupted:
+            raise
+        log.warning(
+            "Stopped by SIGINT (Ctrl-C) outside the training batches, so no "
+            "interrupted.ckpt was saved"
+        )
+        raise TrainingInterrupted(128 + signal.SIGINT) from error
+
+
+def has_logged_values(events_file: Path) -> bool:
+    """Return whether a TensorBoard events file contains anything beyond the run's hparams."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    try:
+        for event in EventFileLoader(str(events_file)).Load():
+            if any(not value.tag.startswith("_hparams_/") for value in event.summary.value):
+                return True
+    except Exception as error:  # a damaged file counts as a result, so it is kept
+        log.debug("Failed to read %s: %s", events_file, error)
+        return True
+    return False
+
+
 def remove_unused_run_dir(output_dir: Path) -> None:
-    """Delete a run folder that contains only Hydra's files: no checkpoint, events or metrics."""
+    """Delete a run folder that contains no result: no checkpoint, metrics, images or scalars.
+
+    Hydra's files, train.log and an events file with only the run's hparams do not count.
+    """
     if not output_dir.is_dir():
         return
     kept = {".hydra", "train.log", "hparams.yaml"}
-    if all(path.name in kept for path in output_dir.iterdir()):
+    if all(
+        path.name in kept
+        or (path.name.startswith("events.out.tfevents") and not has_logged_values(path))
+        for path in output_dir.iterdir()
+    ):
         shutil.rmtree(output_dir, ignore_errors=True)
         log.info("Removed %s, which held no results", output_dir)
 
@@ -209,7 +255,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
     In a multirun, a job that fails records its error in `failure.json` in its own folder and
     the sweep goes on; the sweep's summary callback then lists the failures and exits with 1.
-    A single run that fails before it wrote any result leaves no run folder behind.
+    A single run that fails before it wrote any result leaves no run folder behind, and so
+    does any job that Ctrl-C stops before its first result.
     """
     # Python warnings (empty k-means clusters, Lightning's advice) go through logging, so
     # they reach the run's train.log as well as the console.
@@ -217,18 +264,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
     log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
-    if hydra_config.mode != RunMode.MULTIRUN:
-        try:
-            return train(cfg).get("val/loss")
-        except Exception:
-            remove_unused_run_dir(output_dir)
-            raise
     try:
         return train(cfg).get("val/loss")
     except Exception as error:
+        if hydra_config.mode != RunMode.MULTIRUN:
+            remove_unused_run_dir(output_dir)
+            raise
         path = record_failure(output_dir, error, list(hydra_config.overrides.task))
         log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
         return None
+    except BaseException:
+        # Ctrl-C or an exit ends a sweep too; a job folder without results goes first.
+        remove_unused_run_dir(output_dir)
+        raise
 
 
 def main() -> None:

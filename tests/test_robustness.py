@@ -29,7 +29,7 @@ from autoexp.checkpoint_io import AtomicCheckpointIO
 from autoexp.data.idx import write_idx
 from autoexp.models import MODELS, MLPAutoencoder
 from autoexp.train import resolve_ckpt_path, train
-from tests.conftest import FAST, compose_train_config, run_cli
+from tests.conftest import FAST, REPO_ROOT, compose_train_config, run_cli
 
 # Overrides of every command-line run here: quiet, on the CPU, without the image logger.
 CLI_FAST = [
@@ -77,7 +77,7 @@ def fitted(tmp_path_factory) -> tuple[pl.Trainer, MLPAutoencoder]:
     """A trainer built from conf/trainer/default.yaml with NonFiniteLossCheck, after 2 steps."""
     run_dir = tmp_path_factory.mktemp("fitted") / "run"
     cfg = compose_train_config(
-        run_dir, [*FAST, "+trainer.max_steps=2", "+trainer.limit_val_batches=0"]
+        run_dir, [*FAST, "trainer.max_steps=2", "+trainer.limit_val_batches=0"]
     )
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
@@ -319,6 +319,32 @@ def test_cli_signal_saves_resumable_checkpoint(tmp_path):
     resumed = torch.load(interrupted.parent / "last.ckpt", weights_only=False)
     assert resumed["global_step"] == (epoch + 1) * DIGITS_BATCHES
     assert not interrupted.exists()
+
+
+class SigintAtFitStart(pl.Callback):
+    """Sends SIGINT to its own process when the fit starts, before any training batch."""
+
+    def on_fit_start(self, trainer, pl_module):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_cli_ctrl_c_before_training_leaves_nothing(tmp_path):
+    # Lightning handles this KeyboardInterrupt itself and exits with 1; autoexp turns that into
+    # 130, as for a signal during training, and removes the run folder, which has no results.
+    result = run_cli(
+        [
+            "-m",
+            "autoexp.train",
+            *CLI_FAST,
+            "+callbacks.ctrl_c._target_=tests.test_robustness.SigintAtFitStart",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO_ROOT)},
+    )
+    assert result.returncode == 130, output_of(result)
+    assert "Stopped by SIGINT (Ctrl-C) outside the training batches" in output_of(result)
+    assert "Traceback" not in output_of(result)
+    assert list((tmp_path / "outputs").glob("*/*")) == []
 
 
 # DDP and sweeps.

@@ -133,7 +133,7 @@ class SweepSummary(Callback):
             log.info("Sweep finished, outputs in %s", sweep_dir)
             return
         names = "; ".join(record.get("job", "?") for record in failures)
-        message = f"{len(failures)} failed job(s) in {sweep_dir}: {names}"
-        log.error(message)
-        print(message, file=sys.stderr)
+        # On stderr alone: Hydra's console log goes to stdout, and a second copy there would
+        # print the line twice in a terminal.
+        print(f"{len(failures)} failed job(s) in {sweep_dir}: {names}", file=sys.stderr)
         sys.exit(1)

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger, TrainingInterrupted
 from autoexp.checkpoint_io import check_resume_checkpoint
-from autoexp.config import validate_config
+from autoexp.config import ConfigError, validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
 from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.sweep import record_failure, register_resolvers
@@ -271,7 +271,15 @@ def hydra_main(cfg: DictConfig) -> float | None:
             remove_unused_run_dir(output_dir)
             raise
         path = record_failure(output_dir, error, list(hydra_config.overrides.task))
-        log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
+        if isinstance(error, ConfigError):
+            # The command-line check named the problem before the sweep started, and the
+            # traceback, which adds nothing to it, is in the file.
+            problems = "; ".join(error.problems)
+            log.error(
+                "Job %s failed: %s; error recorded in %s", hydra_config.job.num, problems, path
+            )
+        else:
+            log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
         return None
     except BaseException:
         # Ctrl-C or an exit ends a sweep too; a job folder without results goes first.

@@ -17,6 +17,14 @@ INVALID_COMMAND_LINES = [
     (["model.latent_dimm=3"], "model.latent_dimm: unknown key; did you mean 'model.latent_dim'?"),
     (["trainr.max_epochs=3"], "did you mean 'trainer.max_epochs'?"),
     (["model=mlp"], "model=mlp: no such option of group 'model'; did you mean 'mlp_ae'?"),
+    (["model=pca"], "model=pca: no such option of group 'model'; did you mean 'linear_pca_ae'?"),
+    (
+        ["model.solver=eigh"],
+        "model.solver: unknown key for the selected model; it is a setting of kmeans_ae, "
+        "linear_pca_ae (select one with model=...)",
+    ),
+    (["model.recursive=false"], "model.recursive: unknown key\n"),
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be >= 0 (or -1 for no limit)"),
     (["+model.foo=1"], "model.foo: unknown key"),
     (["model.optimizer.lr=0"], "model.optimizer.lr=0 must be finite and > 0"),
     (["model.optimizer.lr=inf"], "model.optimizer.lr=inf must be finite and > 0"),

@@ -39,22 +39,52 @@ def _compose(config_dir: str, config_name: str, overrides: list[str], extra_dir:
     return cfg
 
 
-def _explain_composition_error(error: HydraException, compose_groups_only) -> str:
+def _options_with_key(config_dir: str, key: str) -> list[str]:
+    """Return the options of a config group whose YAML file sets key, e.g. the model configs
+    that have `solver` for key `model.solver`."""
+    group, _, rest = key.partition(".")
+    folder = Path(config_dir) / group
+    if not rest or not folder.is_dir():
+        return []
+    options = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            node = OmegaConf.load(path)
+        except Exception:  # a file that does not parse cannot hold the key
+            continue
+        # A config in the _global_ package spells the group in its keys (model.solver).
+        global_package = "@package _global_" in path.read_text().split("\n", 1)[0]
+        selected = key if global_package else rest
+        if OmegaConf.select(node, selected, default=None, throw_on_missing=False) is not None:
+            options.append(path.stem)
+    return options
+
+
+def _explain_composition_error(error: HydraException, compose_groups_only, config_dir: str) -> str:
     message = str(error).strip()
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
         key = unknown.group(1)
+        owners = _options_with_key(config_dir, key)
+        if owners:
+            group = key.partition(".")[0]
+            return (
+                f"{key}: unknown key for the selected {group}; it is a setting of "
+                f"{', '.join(owners)} (select one with {group}=...)"
+            )
         try:
             candidates = list(leaf_keys(compose_groups_only()))
         except HydraException:
             candidates = []
+        # Keys such as _target_ and _recursive_ are instantiation flags, not settings.
+        candidates = [name for name in candidates if not re.search(r"(^|\.)_", name)]
         hint = suggestion(key, candidates)
         return f"{key}: unknown key{hint}"
     missing = re.match(r"In '[^']+': Could not find '([^/']+)/([^']+)'", message)
     if missing:
         group, option = missing.groups()
         options = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
-        hint = suggestion(option, options)
+        hint = suggestion(option, options, substrings=True)
         return f"{group}={option}: no such option of group '{group}'{hint}; options: {options}"
     return " ".join(message.split())
 
@@ -128,7 +158,7 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str) -> in
         base = _compose(config_dir, name, fixed, args.config_dir)
         jobs = _job_overrides(overrides, base, args.multirun)
     except (ConfigCompositionException, MissingConfigException, HydraException) as error:
-        return report([_explain_composition_error(error, compose_groups_only)])
+        return report([_explain_composition_error(error, compose_groups_only, config_dir)])
     except ValueError as error:
         return report([_explain_value_error(error, fixed)])
 
@@ -140,7 +170,9 @@ def check_command_line(argv: list[str], config_dir: str, config_name: str) -> in
         except ConfigError as error:
             failures[",".join(job)] = error.problems
         except (ConfigCompositionException, MissingConfigException, HydraException) as error:
-            failures[",".join(job)] = [_explain_composition_error(error, compose_groups_only)]
+            failures[",".join(job)] = [
+                _explain_composition_error(error, compose_groups_only, config_dir)
+            ]
         except ValueError as error:
             failures[",".join(job)] = [_explain_value_error(error, job)]
 

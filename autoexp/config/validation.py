@@ -38,9 +38,17 @@ def describe_type(kind: Any) -> str:
     return str(kind)
 
 
-def suggestion(key: str, candidates: list[str]) -> str:
-    """Return "; did you mean 'x'?" for the closest candidate, or "" when none is close."""
+def suggestion(key: str, candidates: list[str], substrings: bool = False) -> str:
+    """Return "; did you mean 'x'?" for the closest candidate, or "" when none is close.
+
+    With substrings, a candidate that contains key (`linear_pca_ae` for `pca`) also counts
+    when no candidate is close by spelling.
+    """
     matches = difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    if not matches and substrings and len(key) >= 2:
+        matches = [candidate for candidate in candidates if key.lower() in candidate.lower()]
+    if len(matches) > 1:
+        return f"; did you mean one of {matches}?"
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
 
@@ -199,6 +207,9 @@ def check_values(cfg: DictConfig) -> list[str]:
         max_epochs = trainer.get("max_epochs")
         if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
             problems.append(f"trainer.max_epochs={max_epochs} must be >= 1 (or -1 for no limit)")
+        max_steps = trainer.get("max_steps")
+        if isinstance(max_steps, int) and max_steps < -1:
+            problems.append(f"trainer.max_steps={max_steps} must be >= 0 (or -1 for no limit)")
         problems += check_accelerator(trainer.get("accelerator"))
     every_n_epochs = OmegaConf.select(cfg, "callbacks.image_logger.every_n_epochs", default=None)
     if isinstance(every_n_epochs, int) and every_n_epochs < 1:

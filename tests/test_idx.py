@@ -299,6 +299,24 @@ def test_find_idx_files_uses_debian_folder(tmp_path, monkeypatch):
         find_idx_files("mnist", tmp_path / "data")
 
 
+def test_load_idx_dataset_logs_folder_outside_root(tmp_path, monkeypatch, caplog):
+    # A mistyped data.root that falls back to Debian's folder is named in the log.
+    debian = tmp_path / "debian"
+    _write_dataset(debian)
+    monkeypatch.setitem(sources.EXTRA_SEARCH_DIRS, "fashion_mnist", [debian])
+    _write_dataset(tmp_path / "MNIST" / "raw")
+
+    with caplog.at_level("INFO", logger=sources.logger.name):
+        load_idx_dataset("fashion_mnist", root=tmp_path / "typo")
+        load_idx_dataset("mnist", root=tmp_path)
+
+    assert caplog.messages == [
+        f"Reading fashion_mnist from {debian}: the files are not under "
+        f"data.root={tmp_path / 'typo'}",
+        f"Reading mnist from {tmp_path / 'MNIST' / 'raw'}",
+    ]
+
+
 def test_find_idx_files_not_found_message(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     monkeypatch.setitem(sources.EXTRA_SEARCH_DIRS, "fashion_mnist", [debian])

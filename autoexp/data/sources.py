@@ -361,6 +361,11 @@ def load_idx_dataset(
         paths = download_idx_files(
             name, root, DEFAULT_MIRRORS[name] if mirrors is None else mirrors
         )
+    folder = paths["train_images"].parent
+    if folder.resolve().is_relative_to(root.resolve()):
+        logger.info("Reading %s from %s", name, folder)
+    else:
+        logger.info("Reading %s from %s: the files are not under data.root=%s", name, folder, root)
 
     data = {}
     for key, path in paths.items():

@@ -71,9 +71,12 @@ def test_load_model_round_trip(digits_run):
     assert type(model).__name__ == "MLPAutoencoder"
     assert not model.training
     images = load_split("digits", "test")[:5]
-    with torch.no_grad():
-        codes = model.encode(images)
-        reconstructions = model.decode(codes)
+    # The README's analysis snippet: no torch.no_grad() needed for plain tensors out.
+    codes = model.encode(images)
+    reconstructions = model.decode(codes)
+    assert not codes.requires_grad
+    assert not reconstructions.requires_grad
+    assert reconstructions.numpy().shape == (5, 1, 8, 8)
     assert codes.shape == (5, 16)
     assert reconstructions.shape == images.shape
     assert torch.all((reconstructions >= 0) & (reconstructions <= 1))

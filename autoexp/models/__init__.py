@@ -48,7 +48,10 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> AutoencoderModule:
-    """Load any model checkpoint written by autoexp, in eval mode.
+    """Load any model checkpoint written by autoexp, in eval mode, for analysis.
+
+    The parameters do not require gradients, so that `encode` and `decode` return plain
+    tensors. Call `model.requires_grad_(True)` to train the model further by hand.
 
     Args:
         path: A `.ckpt` file, e.g. `outputs/<date>/<time>/checkpoints/last.ckpt`.
@@ -67,7 +70,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
     model = model_class(**checkpoint["hyper_parameters"])
     model.on_load_checkpoint(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
-    return model.to(map_location).eval()
+    return model.to(map_location).eval().requires_grad_(False)
 
 
 __all__ = [

@@ -261,10 +261,11 @@ def hydra_main(cfg: DictConfig) -> float | None:
     # Python warnings (empty k-means clusters, Lightning's advice) go through logging, so
     # they reach the run's train.log as well as the console.
     logging.captureWarnings(True)
-    log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
     try:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
         return train(cfg).get("val/loss")
     except Exception as error:
         if hydra_config.mode != RunMode.MULTIRUN:
@@ -281,8 +282,13 @@ def hydra_main(cfg: DictConfig) -> float | None:
         else:
             log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)
         return None
+    except KeyboardInterrupt as error:
+        # Ctrl-C outside Lightning's fit and test (the config, the data, the metrics file).
+        remove_unused_run_dir(output_dir)
+        log.warning("Stopped by SIGINT (Ctrl-C) outside the training batches")
+        raise TrainingInterrupted(128 + signal.SIGINT) from error
     except BaseException:
-        # Ctrl-C or an exit ends a sweep too; a job folder without results goes first.
+        # An exit ends a sweep too; a job folder without results goes first.
         remove_unused_run_dir(output_dir)
         raise
 
@@ -291,8 +297,18 @@ def main() -> None:
     """Run `autoexp-train`: check the whole command line first, then start Hydra.
 
     An invalid config exits with code 2 before Hydra creates a run folder. A `ckpt_path` is
-    resolved here, so that a resumed run continues in the folder of its checkpoint.
+    resolved here, so that a resumed run continues in the folder of its checkpoint. Ctrl-C
+    during these checks or in the run exits with code 130 and one line.
     """
+    try:
+        run_command_line()
+    except KeyboardInterrupt:
+        print("autoexp-train: stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+
+
+def run_command_line() -> None:
+    """Check sys.argv, resolve a `ckpt_path` to resume, and run Hydra's main function."""
     from hydra._internal.utils import get_args_parser
 
     from autoexp.config.command_line import check_command_line, report

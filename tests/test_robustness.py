@@ -28,7 +28,7 @@ from autoexp.callbacks import NonFiniteLossCheck, TrainingDivergedError
 from autoexp.checkpoint_io import AtomicCheckpointIO
 from autoexp.data.idx import write_idx
 from autoexp.models import MODELS, MLPAutoencoder
-from autoexp.train import resolve_ckpt_path, train
+from autoexp.train import main, resolve_ckpt_path, train
 from tests.conftest import FAST, REPO_ROOT, compose_train_config, run_cli
 
 # Overrides of every command-line run here: quiet, on the CPU, without the image logger.
@@ -328,15 +328,24 @@ class SigintAtFitStart(pl.Callback):
         os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_cli_ctrl_c_before_training_leaves_nothing(tmp_path):
-    # Lightning handles this KeyboardInterrupt itself and exits with 1; autoexp turns that into
-    # 130, as for a signal during training, and removes the run folder, which has no results.
+class SigintAtCreation(pl.Callback):
+    """Sends SIGINT to its own process when the run creates it, before the trainer exists."""
+
+    def __init__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.parametrize("callback", ["SigintAtFitStart", "SigintAtCreation"])
+def test_cli_ctrl_c_before_training_leaves_nothing(tmp_path, callback):
+    # Inside the fit, Lightning handles the KeyboardInterrupt itself and exits with 1; outside
+    # it, Python would print a traceback. Both end with 130, as for a signal during training,
+    # and the run folder, which has no results, is removed.
     result = run_cli(
         [
             "-m",
             "autoexp.train",
             *CLI_FAST,
-            "+callbacks.ctrl_c._target_=tests.test_robustness.SigintAtFitStart",
+            f"+callbacks.ctrl_c._target_=tests.test_robustness.{callback}",
         ],
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO_ROOT)},
@@ -345,6 +354,18 @@ def test_cli_ctrl_c_before_training_leaves_nothing(tmp_path):
     assert "Stopped by SIGINT (Ctrl-C) outside the training batches" in output_of(result)
     assert "Traceback" not in output_of(result)
     assert list((tmp_path / "outputs").glob("*/*")) == []
+
+
+def test_main_ctrl_c_during_checks_exits_130(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("autoexp.config.command_line.check_command_line", interrupted)
+    monkeypatch.setattr("sys.argv", ["autoexp-train"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "autoexp-train: stopped by SIGINT (Ctrl-C)\n"
 
 
 # DDP and sweeps.

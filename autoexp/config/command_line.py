@@ -85,7 +85,7 @@ def _explain_composition_error(error: HydraException, compose_groups_only, confi
         group, option = missing.groups()
         options = re.findall(r"^\t(\S+)$", message, flags=re.MULTILINE)
         hint = suggestion(option, options, substrings=True)
-        return f"{group}={option}: no such option of group '{group}'{hint}; options: {options}"
+        return f"{group}={option}: no such option of group '{group}' (options: {options}){hint}"
     return " ".join(message.split())
 
 

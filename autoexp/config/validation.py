@@ -48,7 +48,8 @@ def suggestion(key: str, candidates: list[str], substrings: bool = False) -> str
     if not matches and substrings and len(key) >= 2:
         matches = [candidate for candidate in candidates if key.lower() in candidate.lower()]
     if len(matches) > 1:
-        return f"; did you mean one of {matches}?"
+        # When every candidate matches, the hint would only repeat the list of options.
+        return f"; did you mean one of {matches}?" if len(matches) < len(candidates) else ""
     return f"; did you mean '{matches[0]}'?" if matches else ""
 
 
@@ -208,8 +209,8 @@ def check_values(cfg: DictConfig) -> list[str]:
         if max_epochs is not None and (max_epochs == 0 or max_epochs < -1):
             problems.append(f"trainer.max_epochs={max_epochs} must be >= 1 (or -1 for no limit)")
         max_steps = trainer.get("max_steps")
-        if isinstance(max_steps, int) and max_steps < -1:
-            problems.append(f"trainer.max_steps={max_steps} must be >= 0 (or -1 for no limit)")
+        if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
+            problems.append(f"trainer.max_steps={max_steps} must be >= 1 (or -1 for no limit)")
         problems += check_accelerator(trainer.get("accelerator"))
     every_n_epochs = OmegaConf.select(cfg, "callbacks.image_logger.every_n_epochs", default=None)
     if isinstance(every_n_epochs, int) and every_n_epochs < 1:

@@ -51,7 +51,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
     """Load any model checkpoint written by autoexp, in eval mode, for analysis.
 
     The parameters do not require gradients, so that `encode` and `decode` return plain
-    tensors. Call `model.requires_grad_(True)` to train the model further by hand.
+    tensors. Call `model.requires_grad_(True).train()` to train the model further.
 
     Args:
         path: A `.ckpt` file, e.g. `outputs/<date>/<time>/checkpoints/last.ckpt`.

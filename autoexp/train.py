@@ -208,10 +208,18 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
     except SystemExit as error:
         if type(error) is not SystemExit or not trainer.interrupted:
             raise
-        log.warning(
-            "Stopped by SIGINT (Ctrl-C) outside the training batches, so no "
-            "interrupted.ckpt was saved"
-        )
+        if trainer.world_size > 1:
+            # The launching process of trainer=ddp gets the KeyboardInterrupt while it waits
+            # for its workers, which handle the signal themselves.
+            log.warning(
+                "Stopped by SIGINT (Ctrl-C); DDP workers in their training batches save "
+                "interrupted.ckpt and log how to resume"
+            )
+        else:
+            log.warning(
+                "Stopped by SIGINT (Ctrl-C) outside the training batches, so no "
+                "interrupted.ckpt was saved"
+            )
         raise TrainingInterrupted(128 + signal.SIGINT) from error
 
 

@@ -49,8 +49,12 @@ def temporary_files(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.name.endswith((".tmp", ".part"))]
 
 
-def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
-    """Start `python -m autoexp.train ARGS` in cwd, with its output in cwd/output.txt."""
+def start_cli(args: list[str], cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    """Start `python -m autoexp.train ARGS` in cwd, with its output in cwd/output.txt.
+
+    With new_session, the command and its children form a process group of their own, which
+    os.killpg signals as Ctrl-C in a terminal does.
+    """
     # The child keeps its own copy of the file descriptor after this one is closed.
     with open(cwd / "output.txt", "w") as output:
         return subprocess.Popen(
@@ -59,6 +63,7 @@ def start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=output,
             stderr=subprocess.STDOUT,
+            start_new_session=new_session,
         )
 
 
@@ -398,6 +403,26 @@ def check_ddp_job(job_dir: Path) -> None:
     assert record["epochs"] == 1
     assert record["global_step"] == 4
     assert list(job_dir.glob("events.out.tfevents*"))
+
+
+def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
+    # Ctrl-C in a terminal signals the whole process group: the launching process and both
+    # workers. The workers save interrupted.ckpt; the command exits with 130, no traceback.
+    args = [*CLI_FAST, "trainer=ddp", "trainer.max_epochs=1000", "test=false"]
+    process = start_cli(args, tmp_path, new_session=True)
+    try:
+        wait_for_file(tmp_path, "last.ckpt", timeout=240)
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = (tmp_path / "output.txt").read_text()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output
+    assert "Training stopped by SIGINT at step" in output
+    interrupted = next(tmp_path.rglob("interrupted.ckpt"))
+    assert autoexp.load_model(interrupted).model_name == "mlp_ae"
 
 
 def test_cli_ddp_single_run(tmp_path):

@@ -143,7 +143,7 @@ def test_find_last_checkpoint_prefers_newer_interrupted(tmp_path):
 
 
 def test_cli_resume_sweep_job_checkpoint(tmp_path):
-    # Sweep job folders are named after their overrides, so the checkpoint's path holds "=",
+    # Sweep job folders are named after their overrides, so the checkpoint's path contains "=",
     # which Hydra accepts in a value only when quoted.
     sweep = run_cli(
         ["-m", "autoexp.train", "-m", *QUIET, "trainer.max_epochs=1", "seed=0,1"], cwd=tmp_path

@@ -37,8 +37,8 @@ def assign_and_sum_chunks(
 
     Args:
         x: Rows (n, d) in the precision of the products.
-        centroids: The runs' centroids as rows, run r's cluster j at row r * k + j, possibly
-            followed by zero rows of padding; same dtype as x.
+        centroids: The runs' centroids as rows, with run r's cluster j at row r * k + j. Zero
+            rows of padding may follow. The dtype is that of x.
         runs: Number of runs.
         k: Centroids per run.
         chunk_size: Rows per pair of matrix products.

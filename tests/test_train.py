@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 import autoexp
 from autoexp.callbacks import ImageLogger
 from autoexp.data import load_split
-from autoexp.train import train
+from autoexp.train import QuietProfiler, make_trainer, train
 from tests.conftest import REPO_ROOT, requires_fashion_mnist, run_cli
 
 
@@ -186,3 +187,9 @@ def test_train_fashion_mnist_one_epoch(train_config):
     record = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
     assert record["data"] == "fashion_mnist"
     assert record["global_step"] == 211  # ceil(54000 / 256) batches
+
+
+def test_trainer_profiler_default_and_override(train_config):
+    assert isinstance(make_trainer(train_config(), []).profiler, QuietProfiler)
+    trainer = make_trainer(train_config("+trainer.profiler=simple"), [])
+    assert isinstance(trainer.profiler, SimpleProfiler)

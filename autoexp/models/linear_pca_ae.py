@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from autoexp.callbacks.images import epoch_metrics_step, tensorboard_writer
-from autoexp.models.base import AutoencoderModule, reconstruction_errors, to_container
+from autoexp.models.base import AutoencoderModule, reconstruction_loss, to_container
 from autoexp.models.fitting import (
     BatchCounter,
     is_last_training_batch,
@@ -357,7 +357,7 @@ class LinearPCAAutoencoder(AutoencoderModule):
     def training_step(self, batch, batch_idx):
         x, _ = batch
         if self.solver == "gradient":
-            loss = reconstruction_errors(x, self(x)).mean()
+            loss = reconstruction_loss(x, self(x))
             self.log_loss(loss, "train", len(x))
             if not self.variance_reduction:
                 return loss

@@ -10,10 +10,12 @@ import sys
 
 import pytest
 import torch
+from torchvision.datasets import MNIST
 
 from autoexp.bench import cli, report
 from autoexp.bench.timing import paired_ratio, run_alternating
-from autoexp.bench.training import layer_widths, plain_mlp, training_flops
+from autoexp.bench.training import InMemoryMNIST, layer_widths, plain_mlp, training_flops
+from autoexp.data.splits import Split
 from autoexp.models import MLPAutoencoder
 
 SECTION_KEYS = {
@@ -102,6 +104,19 @@ def test_plain_mlp_matches_mlp_ae():
     plain.load_state_dict(dict(zip(plain.state_dict(), values, strict=True)))
     x = torch.rand(5, 1, 28, 28)
     torch.testing.assert_close(plain(x.flatten(1)), reference(x).flatten(1))
+
+
+@pytest.mark.parametrize("pixel_max", [255, 16])
+def test_per_sample_dataset_uses_torchvision(pixel_max):
+    images = torch.randint(0, pixel_max + 1, (6, 1, 8, 8), dtype=torch.uint8)
+    dataset = InMemoryMNIST(Split(images, torch.arange(6) % 3, pixel_max))
+    # Each item goes through torchvision's own MNIST.__getitem__, PIL image and ToTensor.
+    assert type(dataset).__getitem__ is MNIST.__getitem__
+    assert len(dataset) == 6
+    x, label = dataset[4]
+    assert label == 1
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x, images[4].float() / pixel_max)
 
 
 def test_training_flops_counts():

@@ -225,9 +225,11 @@ runs from the same repeat.
     epoch with validation and checkpoints runs on to the end of training.
   - *plain loop*: a `torch.nn.Sequential` of the same layers, trained on batches indexed
     from the uint8 split held as one tensor on the device, converted to float per batch.
-  - *per-sample pipeline*: a dataset that returns one `PIL.Image` at a time through
-    torchvision's `ToTensor`, as torchvision's `FashionMNIST` does, and a `DataLoader`
-    with `shuffle=True`, the default collate and no worker processes.
+    Its loss is the function autoexp's models call, `autoexp.models.base.reconstruction_loss`.
+  - *per-sample pipeline*: torchvision's `MNIST` dataset class, which `FashionMNIST`
+    extends, over the same split in memory: its own `__getitem__` makes one `PIL.Image`
+    per index and passes it through `ToTensor`. A `DataLoader` with `shuffle=True`, the
+    default collate and no worker processes draws the batches.
   - GFLOP/s of the plain loop count 6 x parameters x images per epoch. The exact count of
     the matrix products (forward, weight gradients, and input gradients of every layer but
     the first) is 14% lower for this network and is shown beside it. The float32 matmul

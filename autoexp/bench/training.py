@@ -16,10 +16,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import ToTensor
+from torch.utils.data import DataLoader
+from torchvision.datasets import MNIST
+from torchvision.datasets.vision import VisionDataset
+from torchvision.transforms import Compose, Lambda, ToTensor
 
 from autoexp.bench.timing import matmul_gflops, synchronize
 from autoexp.data import ImageDataModule, Split
@@ -180,29 +181,28 @@ def fit_with_timer(cfg: DictConfig, datamodule: ImageDataModule, seed: int) -> d
     }
 
 
-class PILImageDataset(Dataset):
-    """One image at a time as a PIL image through ToTensor, as torchvision's MNIST classes do.
+class InMemoryMNIST(MNIST):
+    """torchvision's MNIST dataset class over a split already in memory.
+
+    `__getitem__` is torchvision's own, as FashionMNIST runs it: one PIL image per index,
+    then the transform. Only the constructor differs, so no files are looked for under a
+    root folder.
 
     Args:
         split: The in-memory split to serve.
     """
 
     def __init__(self, split: Split):
-        self.images = split.images[:, 0]  # (n, H, W) uint8, like torchvision's `data`
-        self.labels = split.labels
-        self.to_tensor = ToTensor()
-        # ToTensor maps 255 to 1; digits' white pixels are 16.
-        self.scale = 255.0 / split.pixel_max
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = Image.fromarray(self.images[index].numpy())
-        x = self.to_tensor(image)
-        if self.scale != 1.0:
-            x = x.mul_(self.scale)
-        return x, int(self.labels[index])
+        transform = ToTensor()
+        if split.pixel_max != 255:
+            # ToTensor maps 255 to 1; digits' white pixels are 16.
+            scale = 255.0 / split.pixel_max
+            transform = Compose([transform, Lambda(lambda x: x.mul_(scale))])
+        VisionDataset.__init__(self, root=None, transform=transform)
+        self.train = True
+        # (n, H, W) uint8 and (n,) labels, the attributes torchvision's MNIST reads.
+        self.data = split.images[:, 0]
+        self.targets = split.labels
 
 
 class TrainingBench:
@@ -275,11 +275,11 @@ class TrainingBench:
         }
 
     def per_sample(self, repeat: int) -> dict[str, Any]:
-        """Run the conventional pipeline: PIL images, ToTensor, DataLoader's default collate."""
+        """Run the usual pipeline: torchvision's dataset class, ToTensor, default collate."""
         model, optimizer = self._plain_model(repeat)
         generator = torch.Generator().manual_seed(repeat)
         loader = DataLoader(
-            PILImageDataset(self.split),
+            InMemoryMNIST(self.split),
             batch_size=BATCH_SIZE,
             shuffle=True,
             generator=generator,

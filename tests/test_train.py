@@ -13,7 +13,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 import autoexp
 from autoexp.callbacks import ImageLogger
 from autoexp.data import load_split
-from autoexp.train import QuietProfiler, make_trainer, train
+from autoexp.profiling import QuietProfiler
+from autoexp.train import make_trainer, train
 from tests.conftest import REPO_ROOT, requires_fashion_mnist, run_cli
 
 

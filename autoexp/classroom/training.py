@@ -31,7 +31,7 @@ from autoexp.classroom.cli import ScriptError
 from autoexp.classroom.config import compose_config, merge_overrides, resolved_config
 from autoexp.models import AutoencoderModule
 from autoexp.models.base import to_container
-from autoexp.train import profiler_argument
+from autoexp.profiling import profiler_argument
 
 log = logging.getLogger(__name__)
 

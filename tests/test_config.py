@@ -24,6 +24,15 @@ INVALID_COMMAND_LINES = [
         "model.solver: unknown key for the selected model; it is a setting of kmeans_ae, "
         "linear_pca_ae (select one with model=...)",
     ),
+    (
+        [
+            "model=linear_pca_ae",
+            "model.lr_scheduler={_target_:torch.optim.lr_scheduler.StepLR,step_size:1}",
+        ],
+        "model.lr_scheduler.step_size: unknown key in model.lr_scheduler (its keys: _target_, "
+        "T_max); to replace model.lr_scheduler as a whole, remove it first: ~model.lr_scheduler "
+        "'+model.lr_scheduler={...}'",
+    ),
     (["model.recursive=false"], "model.recursive: unknown key\n"),
     (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be >= 1 (or -1 for no limit)"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 must be >= 1 (or -1 for no limit)"),

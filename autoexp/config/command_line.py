@@ -60,11 +60,32 @@ def _options_with_key(config_dir: str, key: str) -> list[str]:
     return options
 
 
+def _explain_nested_key(key: str, full_key: str, compose_groups_only) -> str:
+    """Explain a value for `key` that sets a key its config node lacks (full_key)."""
+    try:
+        node = OmegaConf.select(compose_groups_only(), key, default=None)
+    except HydraException:
+        node = None
+    keys = (
+        f" (its keys: {', '.join(str(name) for name in node)})"
+        if isinstance(node, DictConfig)
+        else ""
+    )
+    return (
+        f"{full_key}: unknown key in {key}{keys}; to replace {key} as a whole, remove it "
+        f"first: ~{key} '+{key}={{...}}'"
+    )
+
+
 def _explain_composition_error(error: HydraException, compose_groups_only, config_dir: str) -> str:
     message = str(error).strip()
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
         key = unknown.group(1)
+        # A dict value with a key that the config node lacks: model.lr_scheduler={...,step_size:1}.
+        full_key = getattr(error.__cause__, "full_key", None)
+        if isinstance(full_key, str) and full_key.startswith(key + "."):
+            return _explain_nested_key(key, full_key, compose_groups_only)
         owners = _options_with_key(config_dir, key)
         if owners:
             group = key.partition(".")[0]

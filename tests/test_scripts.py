@@ -469,6 +469,22 @@ def test_train_autoenc_leaves_input_unchanged(digits_chain, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["next.ckpt", "weight-1.ckpt"]
 
 
+def test_train_autoenc_stops_on_divergence(tmp_path):
+    # A learning rate of 1e6 turns the loss into NaN at the first steps.
+    args = ("init", "start.ckpt", "data=digits", "model.optimizer.lr=1e6")
+    assert_ok(call_script("train-autoenc.py", *args, cwd=tmp_path))
+    content = (tmp_path / "start.ckpt").read_bytes()
+    result = call_script("train-autoenc.py", "train", "start.ckpt", "next.ckpt", cwd=tmp_path)
+    assert_one_line_error(
+        result,
+        "train/loss=nan",
+        "start.ckpt is unchanged and next.ckpt was not written",
+        "lower model.optimizer.lr",
+    )
+    assert (tmp_path / "start.ckpt").read_bytes() == content
+    assert [path.name for path in tmp_path.iterdir()] == ["start.ckpt"]
+
+
 @pytest.mark.parametrize(
     "script",
     [

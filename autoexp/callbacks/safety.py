@@ -61,10 +61,14 @@ class NonFiniteLossCheck(pl.Callback):
 
     Args:
         val_metric: Validation metric to check; it must be logged with sync_dist=True.
+        kept_files: Text that the error message gives for the files that remain valid, in
+            place of the newest checkpoint of the ModelCheckpoint callbacks. For runs that
+            save checkpoints another way.
     """
 
-    def __init__(self, val_metric: str = "val/loss"):
+    def __init__(self, val_metric: str = "val/loss", kept_files: str | None = None):
         self.val_metric = val_metric
+        self.kept_files = kept_files
         self._step = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -107,16 +111,16 @@ class NonFiniteLossCheck(pl.Callback):
             + "; the checkpoint with these weights was not written"
         )
 
-    @staticmethod
-    def _message(trainer, pl_module, name: str, value: Any, where: str) -> str:
+    def _message(self, trainer, pl_module, name: str, value: Any, where: str) -> str:
         if isinstance(value, torch.Tensor):
             value = value.item()
         checkpoint = saved_checkpoint(trainer)
-        kept = (
-            f"the last good checkpoint is {checkpoint}"
-            if checkpoint
-            else "no checkpoint was saved yet"
-        )
+        if self.kept_files is not None:
+            kept = self.kept_files
+        elif checkpoint:
+            kept = f"the last good checkpoint is {checkpoint}"
+        else:
+            kept = "no checkpoint was saved yet"
         optimizer = getattr(pl_module, "optimizer_config", None) or {}
         if "lr" in optimizer:
             fix = f"lower model.optimizer.lr (now {optimizer['lr']:g})"

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from autoexp.callbacks import NonFiniteLossCheck, TrainingDivergedError
 from autoexp.classroom.checkpoints import (
     OVERRIDES_KEY,
     ConfigRecorder,
@@ -70,14 +71,22 @@ def build(cfg: DictConfig) -> tuple[pl.LightningDataModule, AutoencoderModule]:
 
 
 def make_trainer(
-    cfg: DictConfig, overrides: list[str], max_epochs: int, tensorboard: bool
+    cfg: DictConfig,
+    overrides: list[str],
+    max_epochs: int,
+    tensorboard: bool,
+    kept_files_on_divergence: str | None = None,
 ) -> pl.Trainer:
     """Build the configured trainer without autoexp-train's checkpoint callback.
 
     With tensorboard set, the configured loggers and the image_logger callback write to
-    paths.output_dir as in an autoexp-train run; otherwise nothing is logged.
+    paths.output_dir as in an autoexp-train run; otherwise nothing is logged. With
+    kept_files_on_divergence set, a NaN or infinite loss or weight stops the fit with
+    TrainingDivergedError, and its message includes that text.
     """
     callbacks: list[pl.Callback] = [ConfigRecorder(overrides, resolved_config(cfg))]
+    if kept_files_on_divergence is not None:
+        callbacks.append(NonFiniteLossCheck(kept_files=kept_files_on_divergence))
     loggers: list | bool = False
     if tensorboard:
         loggers = [instantiate(logger) for logger in (cfg.get("logger") or {}).values()]
@@ -163,10 +172,17 @@ def train_epoch(
         check_model_name(model)
         check_model_settings(model, checkpoint)
         trainer = make_trainer(
-            cfg, overrides, max_epochs=epochs_done + 1, tensorboard=tensorboard is not None
+            cfg,
+            overrides,
+            max_epochs=epochs_done + 1,
+            tensorboard=tensorboard is not None,
+            kept_files_on_divergence=f"{input_path} is unchanged and {output} was not written",
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(input_path.absolute()))
-        save_checkpoint(trainer, output)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=str(input_path.absolute()))
+            save_checkpoint(trainer, output)
+        except TrainingDivergedError as error:
+            raise ScriptError(str(error)) from error
     metrics = trainer.callback_metrics
     return EpochResult(
         epoch=trainer.current_epoch,

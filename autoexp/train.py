@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autoexp.callbacks import HparamsLogger, TrainingInterrupted
+from autoexp.callbacks import HparamsLogger, TrainingDivergedError, TrainingInterrupted
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import ConfigError, validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
@@ -245,6 +245,14 @@ def has_logged_values(events_file: Path) -> bool:
     return False
 
 
+def log_to_files(level: int, message: str) -> None:
+    """Write a record to the root logger's file handlers only, such as the run's train.log."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def remove_unused_run_dir(output_dir: Path) -> None:
     """Delete a run folder that contains no result: no checkpoint, metrics, images or scalars.
 
@@ -286,6 +294,12 @@ def hydra_main(cfg: DictConfig) -> float | None:
     except Exception as error:
         if hydra_config.mode != RunMode.MULTIRUN:
             remove_unused_run_dir(output_dir)
+            if isinstance(error, TrainingDivergedError):
+                # The message names the step, the value, the checkpoint kept and the fix, so a
+                # traceback would add nothing.
+                log_to_files(logging.ERROR, str(error))
+                print(f"autoexp-train: error: {error}", file=sys.stderr)
+                raise SystemExit(1) from error
             raise
         path = record_failure(output_dir, error, list(hydra_config.overrides.task))
         if isinstance(error, ConfigError):

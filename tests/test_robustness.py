@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
@@ -108,7 +109,20 @@ def test_cli_diverged_run_names_step_and_value(tmp_path):
     assert message[1] in ("nan", "inf", "-inf")
     assert "training diverged; no checkpoint was saved yet" in message[4]
     assert "lower model.optimizer.lr (now 1e+06)" in message[4]
+    assert "Traceback" not in result.stderr
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_non_finite_message_names_scheduled_lr():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3.0)
+    trainer = SimpleNamespace(optimizers=[optimizer], checkpoint_callbacks=[])
+    module = SimpleNamespace(optimizer_config={"lr": 0.1})
+    message = NonFiniteLossCheck()._message(trainer, module, "train/loss", float("inf"), "here")
+    assert "lower model.optimizer.lr (now 0.1)" in message
+    assert "the learning rate scheduler had set it to 3" in message
+    optimizer.param_groups[0]["lr"] = 0.1
+    message = NonFiniteLossCheck()._message(trainer, module, "train/loss", float("inf"), "here")
+    assert "scheduler" not in message
 
 
 class WeightPoison(pl.Callback):

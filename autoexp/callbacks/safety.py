@@ -41,6 +41,15 @@ def saved_checkpoint(trainer: pl.Trainer) -> str | None:
     return str(max(paths, key=lambda path: path.stat().st_mtime))
 
 
+def current_learning_rate(trainer: pl.Trainer) -> float | None:
+    """Return the learning rate of the first optimizer's first parameter group, or None."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    if not optimizers or not optimizers[0].param_groups:
+        return None
+    lr = optimizers[0].param_groups[0].get("lr")
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
 def first_non_finite(state_dict: dict[str, Any]) -> tuple[str, float] | None:
     """Return the name and one bad value of the first tensor that contains NaN or infinity."""
     for name, tensor in state_dict.items():
@@ -124,6 +133,9 @@ class NonFiniteLossCheck(pl.Callback):
         optimizer = getattr(pl_module, "optimizer_config", None) or {}
         if "lr" in optimizer:
             fix = f"lower model.optimizer.lr (now {optimizer['lr']:g})"
+            current = current_learning_rate(trainer)
+            if current is not None and not math.isclose(current, optimizer["lr"]):
+                fix += f"; the learning rate scheduler had set it to {current:g}"
         else:
             fix = "check the data and the model settings"
         return f"{name}={value} {where}: training diverged; {kept}; {fix}"

@@ -3,6 +3,7 @@
 import json
 import logging
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -245,6 +246,22 @@ def has_logged_values(events_file: Path) -> bool:
     return False
 
 
+def diverged_message(error: BaseException) -> str | None:
+    """Return the message of a TrainingDivergedError, also one raised in a DDP worker process.
+
+    The spawn launcher re-raises a worker's error in the main process as a
+    ProcessRaisedException whose text ends with the worker's traceback, so the message is read
+    from that text.
+    """
+    if isinstance(error, TrainingDivergedError):
+        return str(error)
+    if type(error).__name__ == "ProcessRaisedException":
+        found = re.search(r"TrainingDivergedError: (.+)\s*$", str(error))
+        if found:
+            return found.group(1).strip()
+    return None
+
+
 def log_to_files(level: int, message: str) -> None:
     """Write a record to the root logger's file handlers only, such as the run's train.log."""
     record = log.makeRecord(log.name, level, __file__, 0, message, None, None)
@@ -292,20 +309,21 @@ def hydra_main(cfg: DictConfig) -> float | None:
             log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
         return train(cfg).get("val/loss")
     except Exception as error:
+        # The message of a diverged run names the step, the value, the checkpoint kept and
+        # the fix, so a traceback would add nothing.
+        diverged = diverged_message(error)
         if hydra_config.mode != RunMode.MULTIRUN:
             remove_unused_run_dir(output_dir)
-            if isinstance(error, TrainingDivergedError):
-                # The message names the step, the value, the checkpoint kept and the fix, so a
-                # traceback would add nothing.
-                log_to_files(logging.ERROR, str(error))
-                print(f"autoexp-train: error: {error}", file=sys.stderr)
+            if diverged is not None:
+                log_to_files(logging.ERROR, diverged)
+                print(f"autoexp-train: error: {diverged}", file=sys.stderr)
                 raise SystemExit(1) from error
             raise
         path = record_failure(output_dir, error, list(hydra_config.overrides.task))
-        if isinstance(error, ConfigError):
-            # The command-line check named the problem before the sweep started, and the
-            # traceback, which adds nothing to it, is in the file.
-            problems = "; ".join(error.problems)
+        if isinstance(error, ConfigError) or diverged is not None:
+            # A config error was named by the command-line check before the sweep started.
+            # The traceback is in the file either way.
+            problems = "; ".join(error.problems) if isinstance(error, ConfigError) else diverged
             log.error(
                 "Job %s failed: %s; error recorded in %s", hydra_config.job.num, problems, path
             )

@@ -31,7 +31,12 @@ INVALID_COMMAND_LINES = [
         ],
         "model.lr_scheduler.step_size: unknown key in model.lr_scheduler (its keys: _target_, "
         "T_max); to replace model.lr_scheduler as a whole, remove it first: ~model.lr_scheduler "
-        "'+model.lr_scheduler={...}'",
+        "'+model.lr_scheduler={_target_:...,...}'",
+    ),
+    (
+        ["callbacks={image_logger:{n_images:4,size:1}}"],
+        "callbacks.image_logger.size: unknown key in callbacks.image_logger (its keys: _target_, "
+        "n_images, max_filters, every_n_epochs); to replace callbacks.image_logger as a whole",
     ),
     (["model.recursive=false"], "model.recursive: unknown key\n"),
     (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be >= 1 (or -1 for no limit)"),

@@ -97,9 +97,14 @@ def fitted(tmp_path_factory) -> tuple[pl.Trainer, MLPAutoencoder]:
 # Non-finite loss.
 
 
-def test_cli_diverged_run_names_step_and_value(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cli_diverged_run_names_step_and_value(tmp_path, processes):
+    # With 2 DDP processes the error is raised in a worker and reaches the launcher wrapped.
+    fast = (
+        CLI_FAST if processes == 1 else [*CLI_FAST, "trainer=ddp", "+trainer.limit_val_batches=1"]
+    )
     result = run_cli(
-        ["-m", "autoexp.train", *CLI_FAST, "model.optimizer.lr=1e6", "trainer.max_epochs=3"],
+        ["-m", "autoexp.train", *fast, "model.optimizer.lr=1e6", "trainer.max_epochs=3"],
         cwd=tmp_path,
         timeout=240,
     )

@@ -60,20 +60,21 @@ def _options_with_key(config_dir: str, key: str) -> list[str]:
     return options
 
 
-def _explain_nested_key(key: str, full_key: str, compose_groups_only) -> str:
-    """Explain a value for `key` that sets a key its config node lacks (full_key)."""
+def _explain_nested_key(full_key: str, compose_groups_only) -> str:
+    """Explain an override value that sets a key (full_key) its config node lacks."""
+    # The node that lacks the key, which can lie deeper than the overridden key.
+    parent = full_key.rpartition(".")[0]
     try:
-        node = OmegaConf.select(compose_groups_only(), key, default=None)
+        node = OmegaConf.select(compose_groups_only(), parent, default=None)
     except HydraException:
         node = None
-    keys = (
-        f" (its keys: {', '.join(str(name) for name in node)})"
-        if isinstance(node, DictConfig)
-        else ""
-    )
+    names = [str(name) for name in node] if isinstance(node, DictConfig) else []
+    keys = f" (its keys: {', '.join(names)})" if names else ""
+    # A replacement must name its class again, or instantiating it fails.
+    value = "{_target_:...,...}" if "_target_" in names else "{...}"
     return (
-        f"{full_key}: unknown key in {key}{keys}; to replace {key} as a whole, remove it "
-        f"first: ~{key} '+{key}={{...}}'"
+        f"{full_key}: unknown key in {parent}{keys}; to replace {parent} as a whole, remove "
+        f"it first: ~{parent} '+{parent}={value}'"
     )
 
 
@@ -85,7 +86,7 @@ def _explain_composition_error(error: HydraException, compose_groups_only, confi
         # A dict value with a key that the config node lacks: model.lr_scheduler={...,step_size:1}.
         full_key = getattr(error.__cause__, "full_key", None)
         if isinstance(full_key, str) and full_key.startswith(key + "."):
-            return _explain_nested_key(key, full_key, compose_groups_only)
+            return _explain_nested_key(full_key, compose_groups_only)
         owners = _options_with_key(config_dir, key)
         if owners:
             group = key.partition(".")[0]

@@ -38,6 +38,11 @@ INVALID_COMMAND_LINES = [
         "callbacks.image_logger.size: unknown key in callbacks.image_logger (its keys: _target_, "
         "n_images, max_filters, every_n_epochs); to replace callbacks.image_logger as a whole",
     ),
+    (
+        ["~model.optimizer", "+model.optimizer={lr:0.1}"],
+        "model.optimizer has no _target_, so no class can be built from it; name one, for "
+        "example +model.optimizer._target_=torch.optim.Adam",
+    ),
     (["model.recursive=false"], "model.recursive: unknown key\n"),
     (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be >= 1 (or -1 for no limit)"),
     (["trainer.max_steps=0"], "trainer.max_steps=0 must be >= 1 (or -1 for no limit)"),

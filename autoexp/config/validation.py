@@ -192,6 +192,17 @@ def check_values(cfg: DictConfig) -> list[str]:
             f"model.optimizer.lr={lr!r} is invalid: expected a number, got a string; drop the "
             f"quotes: model.optimizer.lr={lr}"
         )
+    examples = {
+        "model.optimizer": "torch.optim.Adam",
+        "model.lr_scheduler": "torch.optim.lr_scheduler.StepLR",
+    }
+    for key, example in examples.items():
+        node = OmegaConf.select(cfg, key, default=None)
+        if isinstance(node, DictConfig) and "_target_" not in node:
+            problems.append(
+                f"{key} has no _target_, so no class can be built from it; name one, for "
+                f"example +{key}._target_={example}"
+            )
     seed = cfg.get("seed")
     if isinstance(seed, int) and not 0 <= seed < 2**32:
         problems.append(f"seed={seed} must be in [0, 2**32 - 1], the range that seeds NumPy")

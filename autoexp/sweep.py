@@ -60,21 +60,38 @@ def job_name(overrides: list[str]) -> str:
     return ",".join(item for _, _, item in items) or "default"
 
 
+# The folders that reserve_run_dir created above each run folder, deepest first, by run folder.
+CREATED_PARENTS: dict[str, list[Path]] = {}
+
+
 def reserve_run_dir(path: str) -> str:
     """Create the run folder `path`, or `path_1`, `path_2`... when it exists, and return it.
 
     Creating the folder claims it, so two runs started in the same second get distinct folders.
+    The parents it had to create are kept in CREATED_PARENTS, for remove_created_parents.
     """
     base = Path(path)
-    base.parent.mkdir(parents=True, exist_ok=True)
+    missing = [folder for folder in base.absolute().parents if not folder.exists()]
     candidate, suffix = base, 0
     while True:
         try:
-            candidate.mkdir()
-            return str(candidate)
+            # With parents=True the mkdir also succeeds after another run removed a parent.
+            candidate.mkdir(parents=True)
+            break
         except FileExistsError:
             suffix += 1
             candidate = base.with_name(f"{base.name}_{suffix}")
+    CREATED_PARENTS[str(candidate.absolute())] = missing
+    return str(candidate)
+
+
+def remove_created_parents(run_dir: Path) -> None:
+    """Remove the folders that reserve_run_dir created above run_dir, while they are empty."""
+    for folder in CREATED_PARENTS.pop(str(run_dir.absolute()), []):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run uses it
+            return
 
 
 def register_resolvers() -> None:

@@ -26,7 +26,7 @@ from autoexp.config import ConfigError, validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
 from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.profiling import profiler_argument
-from autoexp.sweep import record_failure, register_resolvers
+from autoexp.sweep import record_failure, register_resolvers, remove_created_parents
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +284,7 @@ def remove_unused_run_dir(output_dir: Path) -> None:
         for path in output_dir.iterdir()
     ):
         shutil.rmtree(output_dir, ignore_errors=True)
+        remove_created_parents(output_dir)
         log.info("Removed %s, which held no results", output_dir)
 
 

@@ -9,10 +9,29 @@ import pytest
 
 from autoexp.callbacks.safety import resume_command
 from autoexp.resume import ResumeError, find_last_checkpoint, prepare_resume
-from autoexp.sweep import reserve_run_dir
+from autoexp.sweep import remove_created_parents, reserve_run_dir
 from tests.conftest import run_cli
 
 QUIET = ["trainer.enable_progress_bar=false", "model.latent_dim=4"]
+
+
+def test_remove_created_parents_keeps_older_folders(tmp_path):
+    (tmp_path / "outputs").mkdir()
+    run_dir = Path(reserve_run_dir(str(tmp_path / "outputs" / "2026-12-05" / "10-00-00")))
+    run_dir.rmdir()
+    remove_created_parents(run_dir)
+    # The date folder was created for the run, and outputs/ was there before.
+    assert list(tmp_path.iterdir()) == [tmp_path / "outputs"]
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_remove_created_parents_keeps_used_folders(tmp_path):
+    first = Path(reserve_run_dir(str(tmp_path / "day" / "10-00-00")))
+    second = Path(reserve_run_dir(str(tmp_path / "day" / "10-00-01")))
+    first.rmdir()
+    remove_created_parents(first)
+    # Another run's folder is still in day/, so day/ stays.
+    assert list((tmp_path / "day").iterdir()) == [second]
 
 
 def test_reserve_run_dir_same_second(tmp_path):

@@ -47,7 +47,7 @@ def current_learning_rate(trainer: pl.Trainer) -> float | None:
     if not optimizers or not optimizers[0].param_groups:
         return None
     lr = optimizers[0].param_groups[0].get("lr")
-    return float(lr) if isinstance(lr, (int, float)) else None
+    return float(lr) if isinstance(lr, int | float) else None
 
 
 def first_non_finite(state_dict: dict[str, Any]) -> tuple[str, float] | None:

@@ -1,6 +1,7 @@
 """Fixtures that compose the real configs from conf/ with small overrides for fast runs."""
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -66,6 +67,16 @@ def restore_environment():
     os.environ.update(saved)
 
 
+def restore_default_sigint() -> None:
+    """Reset SIGINT to its default handling in a child process, as a terminal would.
+
+    A shell that starts the suite in the background (`make test &`) makes its children ignore
+    SIGINT, and Python then keeps ignoring it, so tests of Ctrl-C would see a run go on.
+    Passed to subprocess as preexec_fn.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(
     args: list[str],
     cwd: Path,
@@ -83,5 +94,6 @@ def run_cli(
         capture_output=True,
         text=True,
         timeout=timeout,
+        preexec_fn=restore_default_sigint,
         **kwargs,
     )

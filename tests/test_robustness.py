@@ -30,7 +30,7 @@ from autoexp.checkpoint_io import AtomicCheckpointIO
 from autoexp.data.idx import write_idx
 from autoexp.models import MODELS, MLPAutoencoder
 from autoexp.train import main, resolve_ckpt_path, train
-from tests.conftest import FAST, REPO_ROOT, compose_train_config, run_cli
+from tests.conftest import FAST, REPO_ROOT, compose_train_config, restore_default_sigint, run_cli
 
 # Overrides of every command-line run here: quiet, on the CPU, without the image logger.
 CLI_FAST = [
@@ -65,6 +65,7 @@ def start_cli(args: list[str], cwd: Path, new_session: bool = False) -> subproce
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,
+            preexec_fn=restore_default_sigint,
         )
 
 

@@ -264,12 +264,16 @@ step of 256 images takes 10 to 12 ms:
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
   arithmetic is negligible. autoexp's callbacks, logger and progress bar add about 0.3 ms,
   and each step that writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default)
-  about 1.5 ms more. Together that is 8% to 12% of a step, so `train_vs_plain` lies near its
+  about 1.5 ms more. Together that is 6% to 12% of a step, so `train_vs_plain` lies near its
   1.10 target, and above it in hours when the machine runs Python more slowly.
+- Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`, after which torch's Adam looked for
+  NVIDIA's NVML library on every step, 0.09 ms each time on a machine without it. autoexp
+  unsets the variable where the library is missing (`autoexp.cuda_check`). The plain loop
+  runs in the same process, so it gains as much.
 - The per-sample pipeline spends 46 to 116 us per image in Python (PIL, `ToTensor`, the
   collate), depending on the hour, against about 40 us of arithmetic per image. So
-  `per_sample_vs_train` ranged from 1.9 to 3.2 between runs on the same machine. The two
-  training targets were met in different runs but not yet in one.
+  `per_sample_vs_train` ranged from 1.9 to 3.4 between runs on the same machine: below 2.5 in
+  hours when Python runs fast, the same hours in which `train_vs_plain` is lowest.
 """
 
 

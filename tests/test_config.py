@@ -39,6 +39,11 @@ INVALID_COMMAND_LINES = [
         "n_images, max_filters, every_n_epochs); to replace callbacks.image_logger as a whole",
     ),
     (
+        ["+trainer.profiler=fast"],
+        "trainer.profiler='fast' is not a Lightning profiler; use one of ['simple', "
+        "'advanced', 'pytorch', 'xla']",
+    ),
+    (
         ["~model.optimizer", "+model.optimizer={lr:0.1}"],
         "model.optimizer has no _target_, so no class can be built from it; name one, for "
         "example +model.optimizer._target_=torch.optim.Adam",

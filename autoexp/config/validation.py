@@ -223,6 +223,7 @@ def check_values(cfg: DictConfig) -> list[str]:
         if isinstance(max_steps, int) and (max_steps == 0 or max_steps < -1):
             problems.append(f"trainer.max_steps={max_steps} must be >= 1 (or -1 for no limit)")
         problems += check_accelerator(trainer.get("accelerator"))
+        problems += check_profiler(trainer.get("profiler"))
     every_n_epochs = OmegaConf.select(cfg, "callbacks.image_logger.every_n_epochs", default=None)
     if isinstance(every_n_epochs, int) and every_n_epochs < 1:
         problems.append(
@@ -314,6 +315,21 @@ def check_accelerator(accelerator: Any) -> list[str]:
         return [
             f"trainer.accelerator={accelerator!r} but no CUDA GPU is available here; use "
             "trainer=cpu, or trainer=default to take a GPU only where there is one"
+        ]
+    return []
+
+
+# The names that pytorch_lightning 2.6's Trainer accepts for its `profiler` argument. Any
+# other string fails inside the Trainer with MisconfigurationException.
+PROFILER_NAMES = ("simple", "advanced", "pytorch", "xla")
+
+
+def check_profiler(profiler: Any) -> list[str]:
+    """Return a problem when trainer.profiler is a string that Lightning does not accept."""
+    if isinstance(profiler, str) and profiler.lower() not in PROFILER_NAMES:
+        return [
+            f"trainer.profiler={profiler!r} is not a Lightning profiler; use one of "
+            f"{list(PROFILER_NAMES)}, for example +trainer.profiler=simple, or leave it unset"
         ]
     return []
 

@@ -194,3 +194,20 @@ def test_trainer_profiler_default_and_override(train_config):
     assert isinstance(make_trainer(train_config(), []).profiler, QuietProfiler)
     trainer = make_trainer(train_config("+trainer.profiler=simple"), [])
     assert isinstance(trainer.profiler, SimpleProfiler)
+
+
+@pytest.mark.parametrize("model", ["mlp_ae", "linear_pca_ae", "kmeans_ae"])
+def test_train_double_precision(train_config, model):
+    # Batches start as uint8, so the data module, not Lightning, must turn them into float64.
+    cfg = train_config(f"model={model}", "+trainer.precision=64-true", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["test/mse"]))
+
+    run_dir = Path(cfg.paths.output_dir)
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    dtypes = {
+        value.dtype for value in checkpoint["state_dict"].values() if value.is_floating_point()
+    }
+    assert torch.float64 in dtypes
+    assert torch.float32 not in dtypes
+    assert read_events(run_dir).Tags()["images"], "the image logger wrote no images"

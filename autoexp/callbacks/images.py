@@ -117,11 +117,14 @@ class ImageLogger(pl.Callback):
         self._logged_step = step
 
         images = trainer.datamodule.sample_images("val", self.n_images).to(pl_module.device)
+        # The type that batches have under trainer.precision, float64 for 64-true.
+        images = trainer.precision_plugin.convert_input(images)
         was_training = pl_module.training
         pl_module.eval()
         with torch.no_grad():
-            reconstructions = pl_module(images)
+            reconstructions = pl_module(images).float()
         pl_module.train(was_training)
+        images = images.float()
         writer.add_image(
             "images/reconstructions", reconstruction_grid(images, reconstructions), step
         )
@@ -134,4 +137,6 @@ class ImageLogger(pl.Callback):
                 writer.add_figure(f"figures/{name}", figure, step)
 
         for name, filters in pl_module.filters().items():
-            writer.add_image(f"filters/{name}", filter_grid(filters[: self.max_filters]), step)
+            writer.add_image(
+                f"filters/{name}", filter_grid(filters[: self.max_filters].float()), step
+            )

@@ -311,7 +311,12 @@ class ImageDataModule(pl.LightningDataModule):
             # place here.
             return images, labels
         pixel_max = self.load()["train"].pixel_max
-        return images.float().div_(pixel_max), labels
+        images = images.float().div_(pixel_max)
+        if self.trainer is not None:
+            # Lightning converts batches to the precision's type (float64 for 64-true) before
+            # the transfer, where uint8 images stay as they are, so they are converted here.
+            images = self.trainer.precision_plugin.convert_input(images)
+        return images, labels
 
     def float_images(self, split: str) -> torch.Tensor:
         """Return the images of a split as float32 in [0, 1] on the CPU.

@@ -125,8 +125,12 @@ def test_non_finite_message_names_scheduled_lr():
     trainer = SimpleNamespace(optimizers=[optimizer], checkpoint_callbacks=[])
     module = SimpleNamespace(optimizer_config={"lr": 0.1})
     message = NonFiniteLossCheck()._message(trainer, module, "train/loss", float("inf"), "here")
+    assert "the learning rate scheduler had raised model.optimizer.lr=0.1 to 3" in message
+    assert "check model.lr_scheduler" in message
+    optimizer.param_groups[0]["lr"] = 0.01
+    message = NonFiniteLossCheck()._message(trainer, module, "train/loss", float("inf"), "here")
     assert "lower model.optimizer.lr (now 0.1)" in message
-    assert "the learning rate scheduler had set it to 3" in message
+    assert "the learning rate scheduler had set it to 0.01" in message
     optimizer.param_groups[0]["lr"] = 0.1
     message = NonFiniteLossCheck()._message(trainer, module, "train/loss", float("inf"), "here")
     assert "scheduler" not in message

@@ -132,9 +132,16 @@ class NonFiniteLossCheck(pl.Callback):
             kept = "no checkpoint was saved yet"
         optimizer = getattr(pl_module, "optimizer_config", None) or {}
         if "lr" in optimizer:
-            fix = f"lower model.optimizer.lr (now {optimizer['lr']:g})"
+            lr = optimizer["lr"]
+            fix = f"lower model.optimizer.lr (now {lr:g})"
             current = current_learning_rate(trainer)
-            if current is not None and not math.isclose(current, optimizer["lr"]):
+            if current is not None and current > lr and not math.isclose(current, lr):
+                fix = (
+                    f"the learning rate scheduler had raised model.optimizer.lr={lr:g} to "
+                    f"{current:g}; check model.lr_scheduler (a gamma above 1 raises it) or "
+                    "lower model.optimizer.lr"
+                )
+            elif current is not None and not math.isclose(current, lr):
                 fix += f"; the learning rate scheduler had set it to {current:g}"
         else:
             fix = "check the data and the model settings"

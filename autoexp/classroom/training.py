@@ -115,7 +115,8 @@ def init_checkpoint(output: Path, overrides: list[str], tensorboard: Path | None
         trainer = make_trainer(cfg, overrides, max_epochs=0, tensorboard=tensorboard is not None)
         trainer.fit(model, datamodule=datamodule)
         save_checkpoint(trainer, output)
-    log.info(
+    # Debug level, because train-autoenc.py prints its own line for the file.
+    log.debug(
         "Wrote %s: %s with latent_dim=%d for %s",
         output,
         TRAINED_MODEL,

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 import autoexp
-from autoexp.callbacks import NonFiniteLossCheck, TrainingDivergedError
+from autoexp.callbacks import InterruptCheckpoint, NonFiniteLossCheck, TrainingDivergedError
 from autoexp.checkpoint_io import AtomicCheckpointIO
 from autoexp.data.idx import write_idx
 from autoexp.models import MODELS, MLPAutoencoder
@@ -384,6 +384,19 @@ def test_cli_ctrl_c_before_training_leaves_nothing(tmp_path, callback):
     assert "Stopped by SIGINT (Ctrl-C) outside the training batches" in output_of(result)
     assert "Traceback" not in output_of(result)
     assert list((tmp_path / "outputs").glob("*/*")) == []
+
+
+def test_interrupt_checkpoint_keeps_ignored_sigint():
+    callback = InterruptCheckpoint()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        callback.on_train_start(SimpleNamespace(received_sigterm=False), None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == callback._handle_signal
+    finally:
+        callback._restore_handlers()
+        signal.signal(signal.SIGINT, previous)
+    assert signal.getsignal(signal.SIGTERM) != callback._handle_signal
 
 
 def test_main_ctrl_c_during_checks_exits_130(monkeypatch, capsys):

@@ -168,7 +168,8 @@ class InterruptCheckpoint(pl.Callback):
     """Saves a checkpoint and stops training on SIGTERM or SIGINT.
 
     The handlers are installed when training starts, in every process of the run, and the
-    previous ones are restored when training ends. A signal only sets a flag. At the next end
+    previous ones are restored when training ends. A signal that the process inherited as
+    ignored stays ignored. A signal only sets a flag. At the next end
     of a training batch every rank saves `<dirpath>/<filename>` through the trainer, so
     atomically with AtomicCheckpointIO. Rank zero then logs the command that resumes the run,
     and TrainingInterrupted ends the process with exit code 128 plus the signal number. The
@@ -206,6 +207,11 @@ class InterruptCheckpoint(pl.Callback):
             return
         self._signum = signal.SIGTERM if trainer.received_sigterm else None
         for signum in HANDLED_SIGNALS:
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                # The process started with the signal ignored (nohup, a background job of a
+                # script), so a Ctrl-C meant for another command does not stop it.
+                log.debug("Not handling %s: it is ignored", signal.Signals(signum).name)
+                continue
             self._previous_handlers[signum] = signal.signal(signum, self._handle_signal)
 
     def _handle_signal(self, signum: int, frame) -> None:

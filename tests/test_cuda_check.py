@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from autoexp.cuda_check import NVML_CHECK_VARIABLE, NVML_LIBRARY, drop_nvml_check_without_nvml
 
 # Imports Lightning first, as a user's script might, then autoexp, and prints what changed.
@@ -37,7 +39,7 @@ def test_import_drops_check_without_nvml():
     variable_after, available_after = report["after"]
 
     assert variable_before == "1"
-    assert variable_after == ("1" if nvml_loads() else None)
+    assert variable_after == ("1" if nvml_loads() or torch.version.hip else None)
     assert available_after == available_before
 
 
@@ -52,9 +54,17 @@ def test_drop_unsets_variable_when_library_is_missing(monkeypatch):
         raise OSError(f"{name}: cannot open shared object file")
 
     monkeypatch.setenv(NVML_CHECK_VARIABLE, "1")
+    monkeypatch.setattr(torch.version, "hip", None)
     monkeypatch.setattr(ctypes, "CDLL", missing_library)
     assert drop_nvml_check_without_nvml()
     assert NVML_CHECK_VARIABLE not in os.environ
+
+
+def test_drop_keeps_variable_on_rocm(monkeypatch):
+    monkeypatch.setenv(NVML_CHECK_VARIABLE, "1")
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert not drop_nvml_check_without_nvml()
+    assert os.environ[NVML_CHECK_VARIABLE] == "1"
 
 
 def test_drop_keeps_variable_when_library_loads(monkeypatch):

@@ -64,6 +64,8 @@ def test_bench_json_has_sections(bench_run):
 def test_bench_prints_and_writes_tables(bench_run):
     results, page, stdout = bench_run
     assert "| `train_vs_plain`" in stdout
+    assert "on digits, device cpu, 1 repeat;" in stdout
+    assert "The targets are set for fashion_mnist; on digits" in stdout
     assert "autoexp-bench --data digits --repeats 1" in page
     assert "| `kmeans_inertia_vs_sklearn`" in page
     assert results["machine"]["cpu"] in page
@@ -72,7 +74,42 @@ def test_bench_prints_and_writes_tables(bench_run):
 def test_bench_falls_back_to_digits(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("autoexp.data.sources.EXTRA_SEARCH_DIRS", {"fashion_mnist": []})
     assert cli.resolve_data("fashion_mnist", str(tmp_path)) == "digits"
-    assert "fashion_mnist not found" in capsys.readouterr().err
+    notice = capsys.readouterr().err
+    assert "fashion_mnist not found; running on digits instead" in notice
+    assert f"  {tmp_path}\n" in notice
+    assert "Pass --data-root FOLDER" in notice
+    assert "data.download" not in notice
+
+
+def test_bench_rejects_missing_mnist(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.resolve_data("mnist", str(tmp_path))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith("autoexp-bench: error: MNIST IDX files not found.")
+    assert "Pass --data-root FOLDER" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("--data-root", "missing-folder", "--data-root=missing-folder is not a folder"),
+        ("--json", ".", "--json=. is a folder; choose a writable path"),
+        ("--markdown", "/dev/null/page.md", "cannot be created: /dev/null is not a folder"),
+    ],
+)
+def test_bench_rejects_bad_paths(tmp_path, monkeypatch, capsys, option, value, expected):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args([option, value])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_path_accepts_new_folders(tmp_path):
+    assert cli.output_path_problem(tmp_path / "new" / "out.json") is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_bench_rejects_zero_repeats(capsys):

@@ -22,6 +22,7 @@ from autoexp.bench.solvers import KMEANS_CLUSTERS, PCA_COMPONENTS, SolverBench
 from autoexp.bench.timing import column, paired_ratio, run_alternating
 from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
 from autoexp.data import load_splits
+from autoexp.data.sources import find_idx_files
 
 PARTS = ("training", "pca", "kmeans", "memory")
 
@@ -65,28 +66,83 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error(f"--repeats={args.repeats} must be at least 1")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        parser.error(
+            f"--data-root={args.data_root} is not a folder; pass the folder that contains the "
+            "IDX files, or leave the option out to search the default folders"
+        )
+    for option, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path is not None and (problem := output_path_problem(path)):
+            # Checked before the run, which takes minutes, so that its figures are not lost.
+            parser.error(f"{option}={path} {problem}; choose a writable path")
     return args
+
+
+def output_path_problem(path: Path) -> str | None:
+    """Return why a file cannot be written at path, or None if it can.
+
+    Missing parent folders are created later, so a file is created and removed at once in the
+    nearest existing one. An existing file is opened for appending, which leaves it unchanged.
+    """
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent.absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot be created: {folder} is not a folder"
+    try:
+        if path.exists():
+            with open(path, "a"):
+                pass
+        else:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+    except OSError as error:
+        return f"cannot be written ({error.strerror})"
+    return None
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(
-            "autoexp-bench: --device cuda requested but torch.cuda.is_available() is False; "
-            "run on a machine with a CUDA GPU or pass --device cpu"
+        print(
+            "autoexp-bench: error: --device cuda requested but torch.cuda.is_available() is "
+            "False; run on a machine with a CUDA GPU or pass --device cpu",
+            file=sys.stderr,
         )
+        raise SystemExit(2)
     return torch.device(name)
 
 
+def missing_data_message(error: FileNotFoundError) -> str:
+    """Return the lines of a missing-IDX-files error that name the folders and files, with
+    autoexp-bench's option in place of the training command's settings."""
+    lines = str(error).splitlines()
+    if "To supply them, do one of the following:" in lines:
+        lines = lines[: lines.index("To supply them, do one of the following:")]
+    return "\n".join([*lines, "Pass --data-root FOLDER, a folder that contains them."])
+
+
 def resolve_data(name: str, data_root: str | None) -> str:
-    """Return the data set to run on: `name`, or digits where fashion_mnist is missing."""
-    if name != "fashion_mnist":
+    """Return the data set to run on: `name`, or digits where fashion_mnist is missing.
+
+    Raises:
+        SystemExit: mnist's IDX files are missing (exit code 2).
+    """
+    if name == "digits":
         return name
     try:
-        load_splits(name, root=data_root or "data", test_fraction=None)
+        if name == "fashion_mnist":
+            load_splits(name, root=data_root or "data", test_fraction=None)
+        else:
+            find_idx_files(name, data_root or "data")
     except FileNotFoundError as error:
-        first_line = str(error).splitlines()[0]
+        if name != "fashion_mnist":
+            print(f"autoexp-bench: error: {missing_data_message(error)}", file=sys.stderr)
+            raise SystemExit(2) from error
         print(
-            f"autoexp-bench: fashion_mnist not found ({first_line}); running on digits instead",
+            "autoexp-bench: fashion_mnist not found; running on digits instead. "
+            f"{missing_data_message(error)}",
             file=sys.stderr,
         )
         return "digits"
@@ -277,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(report.markdown_page(results, tables))
     unmet = [key for key, check in results["targets"].items() if check["met"] is False]
     if unmet:
-        progress(f"targets not met: {', '.join(unmet)}")
+        message = f"targets not met: {', '.join(unmet)}"
+        if results["data"] != report.TARGET_DATA:
+            message += f" ({report.target_data_note(results['data'])})"
+        progress(message)
     return 0
 
 

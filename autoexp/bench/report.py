@@ -192,9 +192,10 @@ def kmeans_table(kmeans: dict[str, Any]) -> str:
 
 def tables(results: dict[str, Any]) -> str:
     """Return all tables of a benchmark run, separated by blank lines."""
+    repeats = results["repeats"]
     parts = [
-        f"autoexp-bench on {results['data']}, device {results['device']}, "
-        f"{results['repeats']} repeats; medians, ratios are medians of per-repeat ratios"
+        f"autoexp-bench on {results['data']}, device {results['device']}, {repeats} "
+        f"repeat{'' if repeats == 1 else 's'}; medians, ratios are medians of per-repeat ratios"
     ]
     if "training" in results:
         parts.append(training_table(results["training"]))
@@ -203,7 +204,18 @@ def tables(results: dict[str, Any]) -> str:
     if "kmeans" in results:
         parts.append(kmeans_table(results["kmeans"]))
     parts.append(ratio_table(results["targets"]))
+    if results["data"] != TARGET_DATA:
+        parts.append(target_data_note(results["data"]))
     return "\n\n".join(parts) + "\n"
+
+
+# The data set whose figures the targets were set for.
+TARGET_DATA = "fashion_mnist"
+
+
+def target_data_note(data: str) -> str:
+    """Return the sentence that marks the targets as set for another data set than data."""
+    return f"The targets are set for {TARGET_DATA}; on {data} they are shown for reference only."
 
 
 METHOD = """\
@@ -215,7 +227,8 @@ figure above is the median over the repeats; each ratio is the median of the rat
 runs from the same repeat.
 
 - **Training.** One epoch over the whole training split of the reference `mlp_ae`
-  (784-512-128-32-128-512-784, ReLU, sigmoid output, batch 256) with the optimizer of
+  (784-512-128-32-128-512-784 for 28x28 images, 64 in place of 784 for digits; ReLU,
+  sigmoid output, batch 256) with the optimizer of
   `conf/model/mlp_ae.yaml`. Each contender starts from the same seed in each repeat, and
   one untimed round runs first.
   - *autoexp*: `Trainer.fit` with the data module and the configs composed from `conf/`,

@@ -287,6 +287,10 @@ step of 256 images takes 10 to 12 ms:
   collate), depending on the hour, against about 40 us of arithmetic per image. So
   `per_sample_vs_train` ranged from 1.9 to 3.4 between runs on the same machine: below 2.5 in
   hours when Python runs fast, the same hours in which `train_vs_plain` is lowest.
+- The targets do not hold in every run. Three runs of the command above within 30 minutes on
+  2026-12-05 gave `train_vs_plain` 1.063, 1.213 and 1.210, and
+  `pca_vs_sklearn_covariance_eigh` 1.25, 1.35 and 1.63; the page shows the first. The other
+  ratios met their targets in all three.
 """
 
 

@@ -77,7 +77,7 @@ def test_bench_falls_back_to_digits(tmp_path, monkeypatch, capsys):
     notice = capsys.readouterr().err
     assert "fashion_mnist not found; running on digits instead" in notice
     assert f"  {tmp_path}\n" in notice
-    assert "Pass --data-root FOLDER" in notice
+    assert f"--data-root={tmp_path} does not contain them" in notice
     assert "data.download" not in notice
 
 
@@ -87,7 +87,7 @@ def test_bench_rejects_missing_mnist(tmp_path, capsys):
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert message.startswith("autoexp-bench: error: MNIST IDX files not found.")
-    assert "Pass --data-root FOLDER" in message
+    assert f"--data-root={tmp_path} does not contain them" in message
 
 
 @pytest.mark.parametrize(
@@ -96,6 +96,7 @@ def test_bench_rejects_missing_mnist(tmp_path, capsys):
         ("--data-root", "missing-folder", "--data-root=missing-folder is not a folder"),
         ("--json", ".", "--json=. is a folder; choose a writable path"),
         ("--markdown", "/dev/null/page.md", "cannot be created: /dev/null is not a folder"),
+        ("--json", "/dev/null", "--json=/dev/null is not a regular file"),
     ],
 )
 def test_bench_rejects_bad_paths(tmp_path, monkeypatch, capsys, option, value, expected):
@@ -105,6 +106,14 @@ def test_bench_rejects_bad_paths(tmp_path, monkeypatch, capsys, option, value, e
     assert exit_info.value.code == 2
     assert expected in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_rejects_one_path_for_both(tmp_path, capsys):
+    path = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(["--json", path, "--markdown", path])
+    assert exit_info.value.code == 2
+    assert "--json and --markdown name the same file" in capsys.readouterr().err
 
 
 def test_output_path_accepts_new_folders(tmp_path):

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--data-root={args.data_root} is not a folder; pass the folder that contains the "
             "IDX files, or leave the option out to search the default folders"
         )
+    if args.json is not None and args.markdown is not None:
+        if args.json.absolute() == args.markdown.absolute():
+            parser.error(f"--json and --markdown name the same file, {args.json}; give two paths")
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None and (problem := output_path_problem(path)):
             # Checked before the run, which takes minutes, so that its figures are not lost.
@@ -86,6 +89,9 @@ def output_path_problem(path: Path) -> str | None:
     """
     if path.is_dir():
         return "is a folder"
+    if path.exists() and not path.is_file():
+        # A FIFO or a device: opening it could block, and it would not keep the file.
+        return "is not a regular file"
     folder = path.parent.absolute()
     while not folder.exists():
         folder = folder.parent
@@ -114,13 +120,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def missing_data_message(error: FileNotFoundError) -> str:
+def missing_data_message(error: FileNotFoundError, data_root: str | None) -> str:
     """Return the lines of a missing-IDX-files error that name the folders and files, with
     autoexp-bench's option in place of the training command's settings."""
     lines = str(error).splitlines()
     if "To supply them, do one of the following:" in lines:
         lines = lines[: lines.index("To supply them, do one of the following:")]
-    return "\n".join([*lines, "Pass --data-root FOLDER, a folder that contains them."])
+    if data_root is None:
+        lines.append("Pass --data-root FOLDER, a folder that contains them.")
+    else:
+        lines.append(f"--data-root={data_root} does not contain them; pass a folder that does.")
+    return "\n".join(lines)
 
 
 def resolve_data(name: str, data_root: str | None) -> str:
@@ -138,15 +148,21 @@ def resolve_data(name: str, data_root: str | None) -> str:
             find_idx_files(name, data_root or "data")
     except FileNotFoundError as error:
         if name != "fashion_mnist":
-            print(f"autoexp-bench: error: {missing_data_message(error)}", file=sys.stderr)
+            print(
+                f"autoexp-bench: error: {missing_data_message(error, data_root)}", file=sys.stderr
+            )
             raise SystemExit(2) from error
         print(
             "autoexp-bench: fashion_mnist not found; running on digits instead. "
-            f"{missing_data_message(error)}",
+            f"{missing_data_message(error, data_root)}",
             file=sys.stderr,
         )
         return "digits"
     return name
+
+
+def rounds(repeats: int) -> str:
+    return f"{repeats} timed round{'' if repeats == 1 else 's'}"
 
 
 def progress(message: str) -> None:
@@ -173,7 +189,7 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
     """Run the training contenders after one untimed warm-up round and summarize them."""
     progress("training: warm-up round, not timed")
     run_alternating(bench.contenders(), 1)
-    progress(f"training: {repeats} timed rounds")
+    progress(f"training: {rounds(repeats)}")
     runs = run_alternating(bench.contenders(), repeats)
     raw = {
         "autoexp": columns(runs["autoexp"], ("epoch_s", "epoch_with_validation_s", "fit_s")),
@@ -202,7 +218,7 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
 
 
 def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
-    progress(f"PCA: {repeats} timed rounds")
+    progress(f"PCA: {rounds(repeats)}")
     runs = run_alternating(
         {
             "autoexp": bench.pca_autoexp,
@@ -233,7 +249,7 @@ def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
 
 
 def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
-    progress(f"k-means: {repeats} timed rounds")
+    progress(f"k-means: {rounds(repeats)}")
     runs = run_alternating(
         {"autoexp": bench.kmeans_autoexp, "sklearn": bench.kmeans_sklearn}, repeats
     )

@@ -245,7 +245,7 @@ runs from the same repeat.
     default collate and no worker processes draws the batches.
   - GFLOP/s of the plain loop count 6 x parameters x images per epoch. The exact count of
     the matrix products (forward, weight gradients, and input gradients of every layer but
-    the first) is 14% lower for this network and is shown beside it. The float32 matmul
+    the first) is 14% lower for the 784-wide network and is shown beside it. The float32 matmul
     figure is the throughput of 2048 x 2048 products (8192 on a GPU), measured once per
     repeat.
 - **PCA and k-means.** autoexp's models run in `Trainer.fit` with the configs of `conf/`.
@@ -270,8 +270,8 @@ runs from the same repeat.
 
 ## Where the training time goes
 
-Profiles of the reference model on a 2-core AMD EPYC (December 2026), where a plain-loop
-step of 256 images takes 10 to 12 ms:
+Profiles of the reference model on fashion_mnist, on a 2-core AMD EPYC (December 2026), where
+a plain-loop step of 256 images takes 10 to 12 ms:
 
 - Lightning's loop (its hooks, the optimizer closure, the progress counters) costs about
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
@@ -287,10 +287,11 @@ step of 256 images takes 10 to 12 ms:
   collate), depending on the hour, against about 40 us of arithmetic per image. So
   `per_sample_vs_train` ranged from 1.9 to 3.4 between runs on the same machine: below 2.5 in
   hours when Python runs fast, the same hours in which `train_vs_plain` is lowest.
-- The targets do not hold in every run. Three runs of the command above within 30 minutes on
-  2026-12-05 gave `train_vs_plain` 1.063, 1.213 and 1.210, and
-  `pca_vs_sklearn_covariance_eigh` 1.25, 1.35 and 1.63; the page shows the first. The other
-  ratios met their targets in all three.
+- The targets do not hold in every run. Three runs of
+  `autoexp-bench --json docs/benchmarks.json --markdown docs/benchmarks.md` within 30 minutes
+  on 2026-12-05 gave `train_vs_plain` 1.063, 1.213 and 1.210, and
+  `pca_vs_sklearn_covariance_eigh` 1.25, 1.35 and 1.63; docs/benchmarks.md shows the first.
+  The other ratios met their targets in all three.
 """
 
 

@@ -51,9 +51,11 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Au
     """Load any model checkpoint written by autoexp, in eval mode, for analysis.
 
     The parameters do not require gradients, so that `encode` and `decode` return plain
-    tensors. Call `model.requires_grad_(True).train()` to train the model further. They are
-    float32 also where the run used trainer.precision=64-true, so the model takes the float32
-    images of `load_split`; call `model.double()` to compute in float64.
+    tensors. Call `model.requires_grad_(True).train()` to train the model further. The
+    weights of mlp_ae and linear_pca_ae are float32 also where the run used
+    trainer.precision=64-true, so the model takes the float32 images of `load_split`; call
+    `model.double()` to compute in float64. kmeans_ae keeps its centroids in float64 in any
+    run and takes float32 images as well.
 
     Args:
         path: A `.ckpt` file, e.g. `outputs/<date>/<time>/checkpoints/last.ckpt`.

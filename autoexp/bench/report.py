@@ -277,8 +277,9 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
   arithmetic is negligible. autoexp's callbacks, logger and progress bar add about 0.3 ms,
   and each step that writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default)
-  about 1.5 ms more. Together that is 6% to 12% of a step, so `train_vs_plain` lies near its
-  1.10 target, and above it in hours when the machine runs Python more slowly.
+  about 1.5 ms more. Together that is about 10% of a step, so `train_vs_plain` lies near its
+  1.10 target. When the machine runs Python more slowly the overhead doubles, and the ratio
+  has reached 1.21.
 - Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`, after which torch's Adam looked for
   NVIDIA's NVML library on every step, 0.09 ms each time on a machine without it. autoexp
   unsets the variable where the library is missing (`autoexp.cuda_check`). The plain loop

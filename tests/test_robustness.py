@@ -326,6 +326,7 @@ def test_cli_signal_saves_resumable_checkpoint(tmp_path):
         interrupted = run_dir / "checkpoints" / "interrupted.ckpt"
         assert f"Training stopped by {signum.name} at step" in output
         assert f"checkpoint saved to {interrupted}" in output
+        assert "`weights_only` was not set" not in output
         command = re.search(r"Resume with: (.*)", output)[1]
         assert shlex.split(command) == ["autoexp-train", *args, f"ckpt_path={interrupted}"]
         model = autoexp.load_model(interrupted)

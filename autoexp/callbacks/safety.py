@@ -239,7 +239,7 @@ class InterruptCheckpoint(pl.Callback):
     def _save_and_exit(self, trainer: pl.Trainer) -> None:
         signum = self._signum or signal.SIGTERM
         path = self.checkpoint_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)
         self._restore_handlers()
         if trainer.is_global_zero:
             source = signal.Signals(signum).name if self._signum else "a signal to another rank"

@@ -94,7 +94,7 @@ def save_checkpoint(trainer: pl.Trainer, path: Path) -> None:
     )
     os.close(descriptor)
     try:
-        trainer.save_checkpoint(temporary)
+        trainer.save_checkpoint(temporary, weights_only=False)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -27,7 +27,8 @@ from autoexp.distributed import destroy_process_group_at_exit  # noqa: E402
 from autoexp.models import load_model  # noqa: E402
 
 atexit.register(destroy_process_group_at_exit)
-# After the import of Lightning above, which sets the variable; DDP workers import autoexp too.
+# Runs after the import of Lightning above, which sets the variable. DDP workers import autoexp
+# as well, so it runs there too.
 drop_nvml_check_without_nvml()
 
 __version__ = "0.1.0"

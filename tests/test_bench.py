@@ -79,6 +79,7 @@ def test_bench_falls_back_to_digits(tmp_path, monkeypatch, capsys):
     assert f"  {tmp_path}\n" in notice
     assert f"--data-root={tmp_path} does not contain them" in notice
     assert "data.download" not in notice
+    assert "Run apt-get install dataset-fashion-mnist" in notice
 
 
 def test_bench_rejects_missing_mnist(tmp_path, capsys):

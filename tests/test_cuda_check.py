@@ -49,7 +49,7 @@ def test_drop_keeps_other_values(monkeypatch):
     assert os.environ[NVML_CHECK_VARIABLE] == "0"
 
 
-def test_drop_unsets_variable_when_library_is_missing(monkeypatch):
+def test_drop_unsets_without_library(monkeypatch):
     def missing_library(name):
         raise OSError(f"{name}: cannot open shared object file")
 
@@ -67,7 +67,7 @@ def test_drop_keeps_variable_on_rocm(monkeypatch):
     assert os.environ[NVML_CHECK_VARIABLE] == "1"
 
 
-def test_drop_keeps_variable_when_library_loads(monkeypatch):
+def test_drop_keeps_variable_with_library(monkeypatch):
     monkeypatch.setenv(NVML_CHECK_VARIABLE, "1")
     monkeypatch.setattr(ctypes, "CDLL", lambda name: object())
     assert not drop_nvml_check_without_nvml()

@@ -22,7 +22,7 @@ from autoexp.bench.solvers import KMEANS_CLUSTERS, PCA_COMPONENTS, SolverBench
 from autoexp.bench.timing import column, paired_ratio, run_alternating
 from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
 from autoexp.data import load_splits
-from autoexp.data.sources import find_idx_files
+from autoexp.data.sources import SUPPLY_HEADING, find_idx_files
 
 PARTS = ("training", "pca", "kmeans", "memory")
 
@@ -124,8 +124,13 @@ def missing_data_message(error: FileNotFoundError, data_root: str | None) -> str
     """Return the lines of a missing-IDX-files error that name the folders and files, with
     autoexp-bench's option in place of the training command's settings."""
     lines = str(error).splitlines()
-    if "To supply them, do one of the following:" in lines:
-        lines = lines[: lines.index("To supply them, do one of the following:")]
+    if SUPPLY_HEADING in lines:
+        heading = lines.index(SUPPLY_HEADING)
+        # The Debian package applies to autoexp-bench too, the training settings do not.
+        apt_lines = [
+            line.strip().removeprefix("- ") for line in lines[heading:] if "apt-get" in line
+        ]
+        lines = lines[:heading] + [line[0].upper() + line[1:] for line in apt_lines]
     if data_root is None:
         lines.append("Pass --data-root FOLDER, a folder that contains them.")
     else:
@@ -162,6 +167,7 @@ def resolve_data(name: str, data_root: str | None) -> str:
 
 
 def rounds(repeats: int) -> str:
+    """Return "1 timed round" or "N timed rounds"."""
     return f"{repeats} timed round{'' if repeats == 1 else 's'}"
 
 

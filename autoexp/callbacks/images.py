@@ -117,7 +117,7 @@ class ImageLogger(pl.Callback):
         self._logged_step = step
 
         images = trainer.datamodule.sample_images("val", self.n_images).to(pl_module.device)
-        # The type that batches have under trainer.precision, float64 for 64-true.
+        # Converted as batches are under trainer.precision, to float64 for 64-true.
         images = trainer.precision_plugin.convert_input(images)
         was_training = pl_module.training
         pl_module.eval()

@@ -66,6 +66,10 @@ DEFAULT_ROOT = Path("data")
 DOWNLOAD_CHUNK_SIZE = 1 << 20
 
 
+# The line of the missing-files error after which the ways to supply the files are listed.
+SUPPLY_HEADING = "To supply them, do one of the following:"
+
+
 def _check_name(name: str) -> None:
     if name not in DATASET_FOLDERS:
         raise ValueError(
@@ -107,7 +111,7 @@ def _not_found_message(name: str, searched: list[tuple[Path, dict[str, Path]]]) 
     lines += [
         "A folder is used only when it contains all four files, each with or without .gz:",
         f"  {', '.join(IDX_FILE_STEMS.values())}",
-        "To supply them, do one of the following:",
+        SUPPLY_HEADING,
         "  - set data.root=/path/to/folder to a folder that contains them",
         f"  - set data.download=true to download them into {searched[0][0]}",
     ]

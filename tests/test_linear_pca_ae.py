@@ -16,6 +16,7 @@ from autoexp.data import ImageDataModule, load_split
 from autoexp.models import LinearPCAAutoencoder
 from autoexp.models.linear_pca_ae import (
     full_gradient,
+    gram_matrix,
     max_principal_angle,
     orthonormal_rows,
     top_eigenvectors,
@@ -231,6 +232,26 @@ def test_top_eigenvectors_match_full_eigh():
     # fix_signs: the entry of largest absolute value of each component is positive.
     largest = components.gather(1, components.abs().argmax(1, keepdim=True))
     assert (largest > 0).all()
+
+
+@pytest.mark.parametrize("width", [784, 64, 5, 3, 1])
+def test_gram_matrix_blocks_match_product(width):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(300, width, generator=generator)
+    expected = x.double().T @ x.double()
+    gram = gram_matrix(x)
+    assert gram.dtype == torch.float32
+    assert_allclose(gram.double().numpy(), expected.numpy(), rtol=1e-5)
+    # Mirrored, not recomputed: exactly symmetric.
+    assert torch.equal(gram, gram.T)
+    # Columns of a wider tensor (a view with a row stride) and uint8 pixels.
+    wide = torch.randint(0, 256, (50, width + 7), generator=generator, dtype=torch.uint8)
+    view = wide[:, 3 : 3 + width]
+    assert_allclose(
+        gram_matrix(view).double().numpy(),
+        (view.double().T @ view.double()).numpy(),
+        rtol=1e-6,
+    )
 
 
 def test_full_gradient_matches_autograd():

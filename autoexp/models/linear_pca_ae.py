@@ -97,18 +97,31 @@ def full_gradient(weight: torch.Tensor, covariance: torch.Tensor) -> torch.Tenso
     return -2 * (2 * weight_covariance - gram @ weight_covariance - code_covariance @ weight)
 
 
-def gram_matrix(x: torch.Tensor) -> torch.Tensor:
-    """Return x^T x of a batch of rows x in float32; callers add it up in float64.
+def gram_matrix(x: torch.Tensor, n_blocks: int = 4) -> torch.Tensor:
+    """Return x^T x of a batch of rows x in float32. Callers add the results up in float64.
 
-    On a CPU, numpy computes x.T @ x of one array with BLAS syrk, which fills one triangle of
-    the symmetric result: half the multiplications of torch's general product, and about 40%
-    less time for Fashion-MNIST batches on a 2-core CPU.
+    On a CPU the product is computed by blocks of columns, because it is symmetric: each block
+    row of the upper triangle is one product, and its transpose fills the lower triangle. With
+    4 blocks the products cover 10 of the 16 blocks, 62% of the multiplications of x.T @ x.
+    A Fashion-MNIST batch of 8192 images took 42 ms in place of 57 ms on a 2-core CPU.
+
+    numpy's x.T @ x (BLAS syrk) took 32 ms alone. In a fit, though, numpy's BLAS threads
+    spin-wait after each call and slow torch's threads on the same cores, so the Fashion-MNIST
+    pass took 0.43 to 0.88 s with numpy and 0.38 to 0.44 s with the blocks. Other devices
+    compute x.T @ x.
     """
     x = x.float()
-    if x.device.type == "cpu":
-        rows = x.numpy()
-        return torch.from_numpy(rows.T @ rows)
-    return x.T @ x
+    if x.device.type != "cpu":
+        return x.T @ x
+    width = x.shape[1]
+    edges = [round(i * width / n_blocks) for i in range(n_blocks + 1)]
+    gram = x.new_empty(width, width)
+    for start, end in zip(edges[:-1], edges[1:], strict=True):
+        # Rows start:end of the upper triangle, then their transpose below the diagonal.
+        rows = x[:, start:end].T @ x[:, start:]
+        gram[start:end, start:] = rows
+        gram[end:, start:end] = rows[:, end - start :].T
+    return gram
 
 
 def max_principal_angle(basis_a: torch.Tensor, basis_b: torch.Tensor) -> torch.Tensor:

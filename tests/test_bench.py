@@ -15,6 +15,8 @@ from torchvision.datasets import MNIST
 from autoexp.bench import cli, report
 from autoexp.bench.timing import paired_ratio, run_alternating
 from autoexp.bench.training import InMemoryMNIST, layer_widths, plain_mlp, training_flops
+from autoexp.data.idx import write_idx
+from autoexp.data.sources import IDX_FILE_STEMS
 from autoexp.data.splits import Split
 from autoexp.models import MLPAutoencoder
 
@@ -49,6 +51,7 @@ def test_bench_json_has_every_ratio(bench_run):
 def test_bench_json_has_sections(bench_run):
     results, _, _ = bench_run
     assert results["data"] == "digits"
+    assert results["data_folder"] is None
     assert results["repeats"] == 1
     assert results["peak_rss_mb"] > 0
     for section, keys in SECTION_KEYS.items():
@@ -89,6 +92,22 @@ def test_bench_rejects_missing_mnist(tmp_path, capsys):
     message = capsys.readouterr().err
     assert message.startswith("autoexp-bench: error: MNIST IDX files not found.")
     assert f"--data-root={tmp_path} does not contain them" in message
+
+
+def test_bench_records_data_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    for key, stem in IDX_FILE_STEMS.items():
+        shape = (3, 28, 28) if key.endswith("images") else (3,)
+        write_idx(folder / stem, torch.zeros(shape, dtype=torch.uint8))
+    # A relative --data-root is recorded as an absolute path.
+    monkeypatch.chdir(tmp_path)
+    assert cli.data_folder("mnist", "MNIST/..") == str(folder.resolve())
+    assert cli.data_folder("digits", None) is None
+    heading = report.run_heading(
+        {"data": "mnist", "data_folder": "/x", "device": "cpu", "repeats": 1}
+    )
+    assert heading.startswith("autoexp-bench on mnist (IDX files in /x), device cpu, 1 repeat;")
 
 
 @pytest.mark.parametrize(

@@ -166,6 +166,13 @@ def resolve_data(name: str, data_root: str | None) -> str:
     return name
 
 
+def data_folder(name: str, data_root: str | None) -> str | None:
+    """Return the absolute path of the folder whose IDX files the run reads, or None for digits."""
+    if name == "digits":
+        return None
+    return str(find_idx_files(name, data_root or "data")["train_images"].parent.resolve())
+
+
 def rounds(repeats: int) -> str:
     """Return "1 timed round" or "N timed rounds"."""
     return f"{repeats} timed round{'' if repeats == 1 else 's'}"
@@ -295,6 +302,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "command": command,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": data,
+        "data_folder": data_folder(data, args.data_root),
         "device": str(device),
         "repeats": args.repeats,
         "machine": report.machine(device),

@@ -190,13 +190,20 @@ def kmeans_table(kmeans: dict[str, Any]) -> str:
     return markdown_table(header, rows)
 
 
+def run_heading(results: dict[str, Any]) -> str:
+    """Return the line above the tables: data set and its folder, device and repeats."""
+    repeats = results["repeats"]
+    folder = results.get("data_folder")
+    source = f" (IDX files in {folder})" if folder else ""
+    return (
+        f"autoexp-bench on {results['data']}{source}, device {results['device']}, {repeats} "
+        f"repeat{'' if repeats == 1 else 's'}; medians, ratios are medians of per-repeat ratios"
+    )
+
+
 def tables(results: dict[str, Any]) -> str:
     """Return all tables of a benchmark run, separated by blank lines."""
-    repeats = results["repeats"]
-    parts = [
-        f"autoexp-bench on {results['data']}, device {results['device']}, {repeats} "
-        f"repeat{'' if repeats == 1 else 's'}; medians, ratios are medians of per-repeat ratios"
-    ]
+    parts = [run_heading(results)]
     if "training" in results:
         parts.append(training_table(results["training"]))
     if "pca" in results:

@@ -140,3 +140,32 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     assert (
         read_scalars(first)["val/loss"] + read_scalars(second)["val/loss"] == (scalars["val/loss"])
     )
+
+
+@pytest.mark.parametrize(
+    ("solver", "n_epochs", "step"), [("eigh", 1, 5), ("gradient", 2, 30)], ids=["eigh", "gradient"]
+)
+def test_pca_resume_mid_epoch_matches_uninterrupted_run(tmp_path, solver, n_epochs, step):
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    overrides = [
+        *RESUME_FAST,
+        "model=linear_pca_ae",
+        f"model.solver={solver}",
+        "model.latent_dim=4",
+        f"trainer.max_epochs={n_epochs}",
+    ]
+    train(compose_train_config(whole, overrides))
+    cfg = compose_train_config(first, overrides)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": step}
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    interrupted = first / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(interrupted, weights_only=False)["global_step"] == step + 1
+    train(compose_train_config(second, [*overrides, f"ckpt_path={interrupted}"]))
+
+    expected = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == expected["global_step"] == n_epochs * 21
+    # The eigh pass continues from the saved sums, and SVRG from the saved snapshot.
+    assert_same_tensors(expected["state_dict"], resumed["state_dict"], "state_dict")

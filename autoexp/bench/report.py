@@ -275,18 +275,20 @@ runs from the same repeat.
 - **Memory.** Peak resident set size of `python -m autoexp.train` with the reference
   model, one epoch and the test, read by its parent from `getrusage(RUSAGE_CHILDREN)`.
 
-## Where the training time goes
+## Where the time goes
 
-Profiles of the reference model on fashion_mnist, on a 2-core AMD EPYC (December 2026), where
+Profiles on fashion_mnist, on a 2-core AMD EPYC (December 2026), where
 a plain-loop step of 256 images takes 10 to 12 ms:
 
 - Lightning's loop (its hooks, the optimizer closure, the progress counters) costs about
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
-  arithmetic is negligible. autoexp's callbacks, logger and progress bar add about 0.3 ms,
-  and each step that writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default)
-  about 1.5 ms more. Together that is about 10% of a step, so `train_vs_plain` lies near its
-  1.10 target. When the machine runs Python more slowly the overhead doubles, and the ratio
-  has reached 1.21.
+  arithmetic is negligible. With the reference model, Lightning alone (no callbacks, logger
+  or progress bar) took 1.06 times the plain loop's epoch, 11.4 against 10.7 ms per step.
+  autoexp's callbacks, logger and progress bar add about 0.3 ms: each callback about 15 us
+  per step, because Lightning calls its per-step hooks on every callback, and each step that
+  writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default) about 1.5 ms more.
+  Together that is about 10% of a step, so `train_vs_plain` lies near its 1.10 target. When
+  the machine runs Python more slowly the overhead doubles, and the ratio has reached 1.21.
 - Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`, after which torch's Adam looked for
   NVIDIA's NVML library on every step, 0.09 ms each time on a machine without it. autoexp
   unsets the variable where the library is missing (`autoexp.cuda_check`). The plain loop
@@ -295,11 +297,25 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   collate), depending on the hour, against about 40 us of arithmetic per image. So
   `per_sample_vs_train` ranged from 1.9 to 3.4 between runs on the same machine: below 2.5 in
   hours when Python runs fast, the same hours in which `train_vs_plain` is lowest.
-- The targets do not hold in every run. Three runs of
-  `autoexp-bench --json docs/benchmarks.json --markdown docs/benchmarks.md` within 30 minutes
-  on 2026-12-05 gave `train_vs_plain` 1.063, 1.213 and 1.210, and
-  `pca_vs_sklearn_covariance_eigh` 1.25, 1.35 and 1.63; docs/benchmarks.md shows the first.
-  The other ratios met their targets in all three.
+- The PCA pass spends two thirds of its time in the Gram matrices of the batches. Computed by
+  numpy (BLAS syrk), they took from 0.43 to 0.88 s per pass where numpy was imported before
+  autoexp: OpenBLAS's threads then spin-wait after each call and slow torch's threads on the
+  same two cores. autoexp computes them in torch by blocks of columns, which took 0.38 to
+  0.44 s whatever the import order (`autoexp.models.linear_pca_ae.gram_matrix`). Where
+  autoexp is imported first, as in its commands, it shortens OpenBLAS's spin, and numpy's
+  products took as long as the blocks.
+- A k-means iteration spent 49 to 55 ms of its 68 to 75 ms assigning the images and summing
+  them per cluster. Summing with `index_add_` in place of a product with a one-hot matrix
+  cut that to 44 to 46 ms. Lightning's `self.log` of the five k-means scalars adds about
+  3.5 ms per iteration.
+- `train_vs_plain` is the one target that fails in most runs. Five runs of `autoexp-bench
+  --json` on 2026-12-05 between 09:35 and 09:55 UTC gave 1.146, 1.172, 1.098, 1.129 and
+  1.176, and the run on this page followed them. In the last two, after the k-means change,
+  `kmeans_time_vs_sklearn` was 0.79 and 0.77; before it, 0.78, 1.01 and 1.09.
+  `pca_vs_sklearn_covariance_eigh` ranged from 1.10 to 1.30. The other ratios met their
+  targets in all five. Three runs at about 06:30 UTC, before the PCA and k-means changes,
+  gave `train_vs_plain` 1.063, 1.213 and 1.210, and `pca_vs_sklearn_covariance_eigh` 1.25,
+  1.35 and 1.63.
 """
 
 

@@ -169,3 +169,32 @@ def test_pca_resume_mid_epoch_matches_uninterrupted_run(tmp_path, solver, n_epoc
     assert resumed["global_step"] == expected["global_step"] == n_epochs * 21
     # The eigh pass continues from the saved sums, and SVRG from the saved snapshot.
     assert_same_tensors(expected["state_dict"], resumed["state_dict"], "state_dict")
+
+
+@pytest.mark.parametrize("solver", ["minibatch", "lloyd"])
+def test_kmeans_resume_mid_epoch_matches_uninterrupted_run(tmp_path, solver):
+    whole, first, second = tmp_path / "whole", tmp_path / "first", tmp_path / "second"
+    overrides = [
+        *RESUME_FAST,
+        "model=kmeans_ae",
+        f"model.solver={solver}",
+        "model.latent_dim=5",
+        "data.batch_size=64",
+        "data.shuffle=true",
+        "trainer.max_epochs=2",
+    ]
+    train(compose_train_config(whole, overrides))
+    cfg = compose_train_config(first, overrides)
+    with open_dict(cfg):
+        cfg.callbacks.signal = {"_target_": f"{__name__}.SignalAtStep", "step": 5}
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    interrupted = first / "checkpoints" / "interrupted.ckpt"
+    assert torch.load(interrupted, weights_only=False)["global_step"] == 6
+    train(compose_train_config(second, [*overrides, f"ckpt_path={interrupted}"]))
+
+    expected = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["global_step"] == expected["global_step"] == 2 * 21
+    # The epoch's sums and its starting centroids come from the checkpoint.
+    assert_same_tensors(expected["state_dict"], resumed["state_dict"], "state_dict")

@@ -11,6 +11,7 @@ import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,10 @@ log = logging.getLogger(__name__)
 
 SOLVERS = ("lloyd", "minibatch")
 INITS = ("k-means++", "random")
+# Checkpoint key of the sums and candidates of the current epoch, for a resume mid-epoch.
+EPOCH_STATE_KEY = "autoexp_kmeans_epoch_state"
+# Entries of that state that add up over the DDP ranks.
+ADDITIVE_EPOCH_KEYS = ("sums", "counts", "inertia", "n_images")
 
 
 class EmptyClusterWarning(RuntimeWarning):
@@ -158,6 +163,8 @@ class KMeansAutoencoder(AutoencoderModule):
         # Per-rank sums of the current epoch. They are plain attributes, not buffers, because
         # DDP overwrites buffers with rank 0's at every forward.
         self._epoch: dict[str, torch.Tensor] | None = None
+        # EPOCH_STATE_KEY of the checkpoint being resumed, until training starts.
+        self._restored_epoch: dict[str, torch.Tensor] | None = None
 
     # The autoencoder.
 
@@ -313,6 +320,37 @@ class KMeansAutoencoder(AutoencoderModule):
         # A resumed run has its centroids and tolerance from the checkpoint.
         if not self.initialized.item() or self.shift_tolerance.item() < 0:
             self._initialize()
+
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes from a checkpoint written in the
+        # middle of an epoch, so the epoch's sums come from the checkpoint.
+        state, self._restored_epoch = self._restored_epoch, None
+        if state is None:
+            return
+        self.on_train_epoch_start()
+        for key, value in state.items():
+            # The saved sums cover every rank's images and the far images are rank 0's, so the
+            # other ranks take only the centroids at the start of the epoch.
+            if self.global_rank == 0 or key == "start":
+                self._epoch[key] = value.to(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self._epoch is None:
+            return
+        # Rank 0 alone writes the file, so it keeps the sums over all ranks. Lightning calls
+        # this hook on every rank when it saves, so all of them take part.
+        # NOTE: the far images are rank 0's alone, so under DDP a resumed epoch re-seeds empty
+        # clusters from fewer candidates than an uninterrupted one.
+        state = {}
+        for key, value in self._epoch.items():
+            if key in ADDITIVE_EPOCH_KEYS:
+                value = sum_across_ranks(self, value.clone())
+            state[key] = value.detach().cpu().clone()
+        checkpoint[EPOCH_STATE_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_epoch = checkpoint.get(EPOCH_STATE_KEY)
 
     def on_train_epoch_start(self) -> None:
         runs, k, n_pixels = self.n_init, self.latent_dim, self.n_pixels

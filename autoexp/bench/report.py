@@ -284,9 +284,9 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
   arithmetic is negligible. With the reference model, Lightning alone (no callbacks, logger
   or progress bar) took 1.06 times the plain loop's epoch, 11.4 against 10.7 ms per step.
-  autoexp's callbacks, logger and progress bar add about 0.3 ms: each callback about 15 us
-  per step, because Lightning calls its per-step hooks on every callback, and each step that
-  writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default) about 1.5 ms more.
+  autoexp's callbacks, logger and progress bar add about 0.3 ms. Each callback costs about
+  15 us per step, because Lightning calls its per-step hooks on every callback. Each step that
+  writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default) costs about 1.5 ms more.
   Together that is about 10% of a step, so `train_vs_plain` lies near its 1.10 target. When
   the machine runs Python more slowly the overhead doubles, and the ratio has reached 1.21.
 - Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`, after which torch's Adam looked for

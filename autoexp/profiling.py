@@ -18,9 +18,9 @@ class QuietProfiler(PassThroughProfiler):
     """A profiler that records nothing, as Lightning's default does, but enters hooks faster.
 
     Lightning enters `trainer.profiler.profile(name)` around each hook of the model and of
-    every callback, about 130 times per training step of an autoexp run. The default
-    profiler builds a new context manager each time, 1.4 us on a 2-core CPU. This one
-    returns one shared null context in 0.2 us, so a step saves about 0.16 ms by that count.
+    every callback that it calls, 24 times per training step in autoexp-bench's run of
+    mlp_ae. The default profiler builds a new context manager each time, 1.4 us on a 2-core
+    CPU. This one returns one shared null context in 0.2 us.
     """
 
     def profile(self, action_name: str) -> contextlib.AbstractContextManager:

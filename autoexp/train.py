@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger, TrainingDivergedError, TrainingInterrupted
+from autoexp.callbacks.hooks import skip_unused_batch_hooks
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import ConfigError, validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
@@ -106,9 +107,12 @@ def make_loggers(cfg: DictConfig) -> list:
 
 def make_trainer(cfg: DictConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
     """Build the Trainer of cfg.trainer with the loggers of cfg.logger and the callbacks."""
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer, logger=make_loggers(cfg), callbacks=callbacks, **profiler_argument(cfg)
     )
+    # Also the callbacks that Lightning added, such as its progress bar.
+    skip_unused_batch_hooks(trainer.callbacks)
+    return trainer
 
 
 def best_checkpoint(trainer: pl.Trainer) -> str | None:

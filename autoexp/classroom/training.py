@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from autoexp.callbacks import NonFiniteLossCheck, TrainingDivergedError
+from autoexp.callbacks.hooks import skip_unused_batch_hooks
 from autoexp.classroom.checkpoints import (
     OVERRIDES_KEY,
     ConfigRecorder,
@@ -93,7 +94,7 @@ def make_trainer(
         image_logger = (cfg.get("callbacks") or {}).get("image_logger")
         if image_logger is not None:
             callbacks.append(instantiate(image_logger))
-    return instantiate(
+    trainer = instantiate(
         cfg.trainer,
         logger=loggers,
         callbacks=callbacks,
@@ -101,6 +102,8 @@ def make_trainer(
         max_epochs=max_epochs,
         **profiler_argument(cfg),
     )
+    skip_unused_batch_hooks(trainer.callbacks)
+    return trainer
 
 
 def init_checkpoint(output: Path, overrides: list[str], tensorboard: Path | None = None) -> None:

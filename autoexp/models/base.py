@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import TQDMProgressBar
 
+from autoexp.callbacks.hooks import skip_unused_batch_hooks
 from autoexp.models.fitting import sum_across_ranks
 
 
@@ -173,7 +174,9 @@ class AutoencoderModule(pl.LightningModule):
             every_n_steps = max(every_n_steps, 10)
         if type(bar) is not TQDMProgressBar or bar.refresh_rate != 1 or every_n_steps <= 1:
             return []
-        return [TQDMProgressBar(refresh_rate=every_n_steps)]
+        bar = TQDMProgressBar(refresh_rate=every_n_steps)
+        skip_unused_batch_hooks([bar])
+        return [bar]
 
     def on_train_epoch_end(self) -> None:
         # Subclasses that override this hook must call super().on_train_epoch_end().

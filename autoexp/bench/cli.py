@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--data-root", default=None, help="folder searched for the IDX files (default: data.root)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="timed runs of each contender (default: 3)"
+        "--repeats", type=int, default=5, help="timed runs of each contender (default: 5)"
     )
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="where to train (default: cpu)"

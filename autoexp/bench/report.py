@@ -282,13 +282,25 @@ a plain-loop step of 256 images takes 10 to 12 ms:
 
 - Lightning's loop (its hooks, the optimizer closure, the progress counters) costs about
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
-  arithmetic is negligible. With the reference model, Lightning alone (no callbacks, logger
-  or progress bar) took 1.06 times the plain loop's epoch, 11.4 against 10.7 ms per step.
-  autoexp's callbacks, logger and progress bar add about 0.3 ms. Each callback costs about
-  15 us per step, because Lightning calls its per-step hooks on every callback. Each step that
-  writes `train/loss` (every `trainer.log_every_n_steps`, 10 by default) costs about 1.5 ms more.
-  Together that is about 10% of a step, so `train_vs_plain` lies near its 1.10 target. When
-  the machine runs Python more slowly the overhead doubles, and the ratio has reached 1.21.
+  arithmetic is negligible. With the reference model the median step took 1.3 to 1.4 ms
+  longer than the plain loop's, over 8 alternating pairs of epochs. Python work between
+  torch operations costs more inside a training loop than alone: a loop of plain Python that
+  took 0.85 ms by itself added 1.2 ms to each plain-loop step with 2 torch threads, and
+  0.86 ms with 1 thread.
+- In sets of 10 alternating pairs of epochs on 2026-12-05, the median ratio to the plain
+  loop varied more between sets taken minutes apart than between contenders within a set.
+  In one set, Lightning alone (a minimal LightningModule on autoexp's data module, with no
+  callbacks, logger or progress bar) took 1.082 times the plain loop's epoch, and autoexp's
+  model and data module without callbacks, logger or progress bar took 1.088. In another
+  set, the latter took 1.129 and the full autoexp run 1.135. Single pairs ranged from 0.97
+  to 1.33. So the excess over the plain loop is Lightning's own work per step, and
+  `train_vs_plain` lies near or above its 1.10 target on this machine.
+- Lightning calls each per-batch hook of every callback. autoexp sets the hooks that a
+  callback inherits as Lightning's no-ops to None, which Lightning skips
+  (`autoexp.callbacks.hooks`): the 5 hooks before the optimizer step took 13 us per step
+  in place of 71 us. Each step that writes `train/loss` (every `trainer.log_every_n_steps`,
+  10 by default) costs about 1.4 ms more, measured with the small model: 0.55 ms in the
+  step and 0.8 ms when Lightning writes the metrics after it.
 - Lightning sets `PYTORCH_NVML_BASED_CUDA_CHECK=1`, after which torch's Adam looked for
   NVIDIA's NVML library on every step, 0.09 ms each time on a machine without it. autoexp
   unsets the variable where the library is missing (`autoexp.cuda_check`). The plain loop
@@ -308,14 +320,13 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   them per cluster. Summing with `index_add_` in place of a product with a one-hot matrix
   cut that to 44 to 46 ms. Lightning's `self.log` of the five k-means scalars adds about
   3.5 ms per iteration.
-- `train_vs_plain` is the one target that fails in most runs. Five runs of `autoexp-bench
-  --json` on 2026-12-05 between 09:35 and 09:55 UTC gave 1.146, 1.172, 1.098, 1.129 and
-  1.176, and the run on this page followed them. In the last two, after the k-means change,
-  `kmeans_time_vs_sklearn` was 0.79 and 0.77; before it, 0.78, 1.01 and 1.09.
-  `pca_vs_sklearn_covariance_eigh` ranged from 1.10 to 1.30. The other ratios met their
-  targets in all five. Three runs at about 06:30 UTC, before the PCA and k-means changes,
-  gave `train_vs_plain` 1.063, 1.213 and 1.210, and `pca_vs_sklearn_covariance_eigh` 1.25,
-  1.35 and 1.63.
+- `train_vs_plain` is the one target that fails in most runs. On 2026-12-05 between 11:45
+  and 12:00 UTC, after the change to callback hooks, two runs of `autoexp-bench --json`
+  with 3 repeats gave 1.130 and 1.025, two with 5 repeats (the default since) gave 1.133
+  and 1.119, and the run on this page followed them. Their other ratios met their targets,
+  with `kmeans_time_vs_sklearn` from 0.77 to 0.91 and `pca_vs_sklearn_covariance_eigh` from
+  1.19 to 1.25. Nine runs earlier that day, with 3 repeats, gave `train_vs_plain` from 1.063
+  to 1.213, median 1.146.
 """
 
 

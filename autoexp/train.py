@@ -250,19 +250,27 @@ def has_logged_values(events_file: Path) -> bool:
     return False
 
 
-def diverged_message(error: BaseException) -> str | None:
-    """Return the message of a TrainingDivergedError, also one raised in a DDP worker process.
+def short_error(error: BaseException) -> tuple[str, int] | None:
+    """Return the message and exit code of an error that needs no traceback, else None.
 
-    The spawn launcher re-raises a worker's error in the main process as a
-    ProcessRaisedException whose text ends with the worker's traceback, so the message is read
-    from that text.
+    A TrainingDivergedError (exit code 1) names the step, the value, the checkpoint kept and
+    the fix. A ConfigError (exit code 2) that a model raises when training starts names the
+    setting and the fix. The spawn launcher of trainer=ddp re-raises a worker's error in the
+    main process as a ProcessRaisedException whose text ends with the worker's traceback, so
+    the message is read from that text.
     """
     if isinstance(error, TrainingDivergedError):
-        return str(error)
+        return str(error), 1
+    if isinstance(error, ConfigError):
+        return "; ".join(error.problems), 2
     if type(error).__name__ == "ProcessRaisedException":
-        found = re.search(r"TrainingDivergedError: (.+)\s*$", str(error))
+        text = str(error)
+        found = list(re.finditer(r"\b(TrainingDivergedError|ConfigError): ", text))
         if found:
-            return found.group(1).strip()
+            # The last one is the worker's own error, after any chained exceptions.
+            lines = text[found[-1].end() :].strip().splitlines()
+            exit_code = 1 if found[-1].group(1) == "TrainingDivergedError" else 2
+            return "; ".join(line.strip() for line in lines), exit_code
     return None
 
 
@@ -314,23 +322,20 @@ def hydra_main(cfg: DictConfig) -> float | None:
             log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
         return train(cfg).get("val/loss")
     except Exception as error:
-        # The message of a diverged run names the step, the value, the checkpoint kept and
-        # the fix, so a traceback would add nothing.
-        diverged = diverged_message(error)
+        summary = short_error(error)
         if hydra_config.mode != RunMode.MULTIRUN:
             remove_unused_run_dir(output_dir)
-            if diverged is not None:
-                log_to_files(logging.ERROR, diverged)
-                print(f"autoexp-train: error: {diverged}", file=sys.stderr)
-                raise SystemExit(1) from error
+            if summary is not None:
+                message, exit_code = summary
+                log_to_files(logging.ERROR, message)
+                print(f"autoexp-train: error: {message}", file=sys.stderr)
+                raise SystemExit(exit_code) from error
             raise
         path = record_failure(output_dir, error, list(hydra_config.overrides.task))
-        if isinstance(error, ConfigError) or diverged is not None:
-            # A config error was named by the command-line check before the sweep started.
-            # The traceback is in the file either way.
-            problems = "; ".join(error.problems) if isinstance(error, ConfigError) else diverged
+        if summary is not None:
+            # The traceback is in the file.
             log.error(
-                "Job %s failed: %s; error recorded in %s", hydra_config.job.num, problems, path
+                "Job %s failed: %s; error recorded in %s", hydra_config.job.num, summary[0], path
             )
         else:
             log.exception("Job %s failed; error recorded in %s", hydra_config.job.num, path)

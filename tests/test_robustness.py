@@ -120,6 +120,38 @@ def test_cli_diverged_run_names_step_and_value(tmp_path, processes):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("processes", [1, 2])
+def test_cli_model_config_error_is_one_line(tmp_path, processes):
+    # The command-line check cannot see the batches per epoch under DDP or with
+    # limit_train_batches, so linear_pca_ae raises the error when training starts.
+    short = ["trainer=ddp"] if processes == 2 else ["+trainer.limit_train_batches=10"]
+    result = run_cli(
+        [
+            "-m",
+            "autoexp.train",
+            *CLI_FAST,
+            *short,
+            "model=linear_pca_ae",
+            "model.solver=eigh",
+            "data.batch_size=100",
+            "trainer.max_steps=3",
+        ],
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert result.returncode == 2, output_of(result)
+    # 13 batches of 100 digits, cut to 10, or shared by 2 processes as 7 each.
+    batches = 7 if processes == 2 else 10
+    expected = (
+        f"autoexp-train: error: trainer.max_steps=3 stops the eigh solver before the end of "
+        f"its pass over the {batches} training batches, so PCA would not be fitted; remove "
+        f"trainer.max_steps or set it to {batches} or more\n"
+    )
+    assert result.stderr.endswith(expected), result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_non_finite_message_names_scheduled_lr():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3.0)
     trainer = SimpleNamespace(optimizers=[optimizer], checkpoint_callbacks=[])

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from autoexp.callbacks.images import epoch_metrics_step, tensorboard_writer
+from autoexp.config.validation import ConfigError
 from autoexp.models.base import AutoencoderModule, reconstruction_loss, to_container
 from autoexp.models.fitting import (
     BatchCounter,
@@ -370,11 +371,13 @@ class LinearPCAAutoencoder(AutoencoderModule):
     def on_train_start(self) -> None:
         trainer = self.trainer
         if self.solver == "eigh" and 0 <= trainer.max_steps < trainer.num_training_batches:
-            raise ValueError(
-                f"trainer.max_steps={trainer.max_steps} stops the eigh solver before the end of "
-                f"its pass over the {trainer.num_training_batches} training batches, so PCA "
-                f"would not be fitted; remove trainer.max_steps or set it to "
-                f"{trainer.num_training_batches} or more"
+            raise ConfigError(
+                [
+                    f"trainer.max_steps={trainer.max_steps} stops the eigh solver before the end "
+                    f"of its pass over the {trainer.num_training_batches} training batches, so "
+                    f"PCA would not be fitted; remove trainer.max_steps or set it to "
+                    f"{trainer.num_training_batches} or more"
+                ]
             )
         # Lightning skips on_train_epoch_start when it resumes from a checkpoint written in the
         # middle of an epoch, so the epoch's snapshot and partial sums come from the checkpoint.

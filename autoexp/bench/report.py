@@ -283,10 +283,10 @@ a plain-loop step of 256 images takes 10 to 12 ms:
 - Lightning's loop (its hooks, the optimizer closure, the progress counters) costs about
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
   arithmetic is negligible. With the reference model the median step took 1.3 to 1.4 ms
-  longer than the plain loop's, over 8 alternating pairs of epochs. Python work between
-  torch operations costs more inside a training loop than alone: a loop of plain Python that
-  took 0.85 ms by itself added 1.2 ms to each plain-loop step with 2 torch threads, and
-  0.86 ms with 1 thread.
+  longer than the plain loop's, in sets of 6 to 8 alternating pairs of epochs. Python work
+  between torch operations can cost more inside a training loop than alone: a loop of plain
+  Python that took 0.85 ms by itself added 1.2 ms to each plain-loop step in one set of 6
+  epochs and 0.92 ms in another of 12, with 2 torch threads, and 0.86 ms with 1 thread.
 - In sets of 10 alternating pairs of epochs on 2026-12-05, the median ratio to the plain
   loop varied more between sets taken minutes apart than between contenders within a set.
   In one set, Lightning alone (a minimal LightningModule on autoexp's data module, with no

@@ -496,6 +496,50 @@ def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
     assert autoexp.load_model(interrupted).model_name == "mlp_ae"
 
 
+def ignore_sigint() -> None:
+    """Start the child with SIGINT ignored, as a shell script starts a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def test_cli_ddp_launcher_killed_alone_stops_workers(tmp_path):
+    # The workers ignore SIGINT too, so the SIGINT that torch has Linux send them when the
+    # launcher dies does nothing; autoexp sets SIGUSR2 as that signal in its place.
+    args = [*CLI_FAST, "trainer=ddp", "trainer.max_epochs=1000", "test=false"]
+    with open(tmp_path / "output.txt", "w") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "autoexp.train", *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=ignore_sigint,
+        )
+    try:
+        wait_for_file(tmp_path, "last.ckpt", timeout=240)
+        process.terminate()
+        assert process.wait(timeout=60) == -signal.SIGTERM
+        # The workers are in the launcher's process group, which ends with the last of them.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, "DDP workers still run after their launcher"
+            time.sleep(0.2)
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    output = (tmp_path / "output.txt").read_text()
+    assert "Training stopped by the end of the launching process at step" in output, output
+    assert "Traceback" not in output
+    interrupted = next(tmp_path.rglob("interrupted.ckpt"))
+    assert autoexp.load_model(interrupted).model_name == "mlp_ae"
+
+
 def test_cli_ddp_single_run(tmp_path):
     result = run_cli(["-m", "autoexp.train", *DDP_FAST], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, output_of(result)

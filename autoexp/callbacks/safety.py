@@ -1,9 +1,13 @@
 """Callbacks that end a run without losing work: on a non-finite loss and on SIGTERM or SIGINT."""
 
+import ctypes
 import logging
 import math
+import multiprocessing
+import os
 import shlex
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,25 @@ from hydra.core.hydra_config import HydraConfig
 log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The signal that Linux sends a DDP worker when its launching process ends. torch's spawn asks
+# for SIGINT, which does nothing in a worker that inherited SIGINT as ignored.
+LAUNCHER_EXIT_SIGNAL = getattr(signal, "SIGUSR2", None)
+# From <linux/prctl.h>.
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(signum: int) -> bool:
+    """Ask Linux to send signum to this process when its parent ends.
+
+    Returns False where that is not possible: on other systems, or if prctl fails.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class TrainingDivergedError(RuntimeError):
@@ -176,8 +199,8 @@ class InterruptCheckpoint(pl.Callback):
     same signal sent a second time ends it at once, without a checkpoint.
 
     With trainer=ddp (spawn), every worker handles the signals itself: send them to the
-    process group (Ctrl-C in a terminal does), or to the launching process alone, whose
-    workers then get SIGINT when it dies.
+    process group (Ctrl-C in a terminal does), or to the launching process alone. When the
+    launching process ends, Linux sends its workers SIGUSR2, which stops them as SIGTERM does.
 
     Args:
         dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
@@ -192,6 +215,8 @@ class InterruptCheckpoint(pl.Callback):
         self.overrides = launch_overrides()
         self._signum: int | None = None
         self._previous_handlers: dict[int, Any] = {}
+        self._watching_launcher = False
+        self._launcher_exited = False
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -213,18 +238,52 @@ class InterruptCheckpoint(pl.Callback):
                 log.debug("Not handling %s: it is ignored", signal.Signals(signum).name)
                 continue
             self._previous_handlers[signum] = signal.signal(signum, self._handle_signal)
+        self._watch_launcher(trainer)
+
+    def _watch_launcher(self, trainer: pl.Trainer) -> None:
+        """In a DDP worker started by spawn, stop as on SIGTERM when the launcher ends.
+
+        torch's spawn has Linux send the workers SIGINT when the launching process ends. A
+        run started with SIGINT ignored (nohup, a background job of a script) ignores that
+        too, so when the launcher alone was killed its workers trained on without it.
+        """
+        parent = multiprocessing.parent_process()
+        if trainer.world_size == 1 or parent is None or LAUNCHER_EXIT_SIGNAL is None:
+            return
+        previous = signal.signal(LAUNCHER_EXIT_SIGNAL, self._handle_launcher_exit)
+        if not set_parent_death_signal(LAUNCHER_EXIT_SIGNAL):
+            signal.signal(LAUNCHER_EXIT_SIGNAL, previous)
+            log.debug("Not watching the launching process: prctl is not available")
+            return
+        self._previous_handlers[LAUNCHER_EXIT_SIGNAL] = previous
+        self._watching_launcher = True
+        if os.getppid() != parent.pid:
+            # The launcher ended before the request took effect.
+            self._handle_launcher_exit(LAUNCHER_EXIT_SIGNAL, None)
+
+    def _handle_launcher_exit(self, signum: int, frame) -> None:
+        # A signal that arrived first, such as SIGTERM to the whole process group, decides the
+        # exit code and the message.
+        if self._signum is None:
+            self._signum = signal.SIGTERM
+            self._launcher_exited = True
 
     def _handle_signal(self, signum: int, frame) -> None:
         if self._signum is None:
             self._signum = signum
             return
-        # Only a repeat of the same signal forces the exit: a DDP worker started by spawn also
-        # gets SIGINT when its parent dies, often right after the SIGTERM sent to the group.
+        # Only a repeat of the same signal forces the exit: where the launcher is not watched,
+        # a DDP worker gets SIGINT when its launcher dies, often right after a SIGTERM sent to
+        # the whole process group.
         if signum == self._signum:
             self._restore_handlers()
             raise TrainingInterrupted(128 + signum)
 
     def _restore_handlers(self) -> None:
+        if self._watching_launcher:
+            # Restore torch's parent-death signal, SIGINT, for the rest of the worker's life.
+            set_parent_death_signal(signal.SIGINT)
+            self._watching_launcher = False
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers = {}
@@ -242,7 +301,12 @@ class InterruptCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)
         self._restore_handlers()
         if trainer.is_global_zero:
-            source = signal.Signals(signum).name if self._signum else "a signal to another rank"
+            if self._launcher_exited:
+                source = "the end of the launching process"
+            elif self._signum:
+                source = signal.Signals(signum).name
+            else:
+                source = "a signal to another rank"
             log.warning(
                 "Training stopped by %s at step %d (epoch %d); checkpoint saved to %s. "
                 "Resume with: %s",

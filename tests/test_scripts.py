@@ -420,6 +420,12 @@ BAD_ARGUMENTS = [
     ("train-autoenc.py", ["init", "out.ckpt", "data=cifar"], "Could not find 'data/cifar'"),
     ("train-autoenc.py", ["init", "out.ckpt", "model=kmeans_ae"], "trains mlp_ae only"),
     ("train-autoenc.py", ["init", "no-folder/out.ckpt"], "does not exist"),
+    ("train-autoenc.py", ["init", "out.ckpt", "trainer=ddp"], "the trainer runs 2 processes"),
+    (
+        "train-autoenc.py",
+        ["train", "weight-1.ckpt", "out.ckpt", "trainer=ddp"],
+        "the trainer runs 2 processes",
+    ),
     ("plot-autoenc.py", ["missing.ckpt"], "missing.ckpt not found"),
     ("plot-autoenc.py", ["corrupt.ckpt"], "not a readable checkpoint"),
     ("plot-autoenc.py", ["kmeans.ckpt"], "is a kmeans_ae checkpoint"),

@@ -102,6 +102,13 @@ def make_trainer(
         max_epochs=max_epochs,
         **profiler_argument(cfg),
     )
+    if trainer.world_size > 1:
+        # Lightning's spawn launcher copies only the weights back into this process.
+        raise ScriptError(
+            f"the trainer runs {trainer.world_size} processes, but this script writes the "
+            "checkpoint of its own process, which would keep neither the epoch count nor the "
+            "optimizer state; train in one process (drop trainer=ddp or trainer.devices)"
+        )
     skip_unused_batch_hooks(trainer.callbacks)
     return trainer
 

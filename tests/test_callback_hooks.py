@@ -1,5 +1,7 @@
 """Per-batch callback hooks that are Lightning's no-ops are skipped, and the others still run."""
 
+from unittest import mock
+
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LambdaCallback
@@ -37,6 +39,14 @@ def test_skip_unused_batch_hooks_keeps_overrides():
     # The class keeps its methods, so other instances are unchanged.
     assert callable(pl.Callback.on_before_backward)
     assert callable(BackwardCounter().on_before_backward)
+
+
+def test_skip_unused_batch_hooks_leaves_other_objects():
+    spec_mock = mock.Mock(spec=pl.Callback)
+    other = object()
+    skip_unused_batch_hooks([spec_mock, other])
+    assert "on_before_backward" not in vars(spec_mock)
+    assert callable(spec_mock.on_before_backward)
 
 
 def test_fit_skips_unused_batch_hooks(train_config):

@@ -33,10 +33,17 @@ def skip_unused_batch_hooks(callbacks: Iterable[pl.Callback]) -> None:
     pytorch-lightning 2.6's `_call_callback_hooks` skips a hook attribute that is not
     callable, the same lookup that lets `LambdaCallback` set hooks per instance. Only the
     instance attributes change, and a hook that the class or the instance defines is kept.
+    Objects that are not Callback instances, and mocks whose class lacks the hooks, are left
+    as they are.
+
+    NOTE: a hook that is added to the class after this call stays hidden behind the
+    instance's None, so Lightning does not call it.
     """
     for callback in callbacks:
+        if not isinstance(callback, pl.Callback):
+            continue
         for name in BATCH_HOOKS:
             if name in vars(callback):
                 continue
-            if getattr(type(callback), name) is getattr(pl.Callback, name):
+            if getattr(type(callback), name, None) is getattr(pl.Callback, name):
                 setattr(callback, name, None)

@@ -423,6 +423,12 @@ BAD_ARGUMENTS = [
     ("train-autoenc.py", ["init", "out.ckpt", "trainer=ddp"], "the trainer runs 2 processes"),
     (
         "train-autoenc.py",
+        ["train", "weight-1.ckpt", "out.ckpt", "+callbacks.lr={_target_:x.Y}"],
+        "+callbacks.lr={_target_:x.Y}: the scripts use only callbacks.image_logger",
+    ),
+    ("pca.py", ["~callbacks"], "~callbacks: the scripts use only callbacks.image_logger"),
+    (
+        "train-autoenc.py",
         ["train", "weight-1.ckpt", "out.ckpt", "trainer=ddp"],
         "the trainer runs 2 processes",
     ),

@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from autoexp.classroom.config import override_key
+
 log = logging.getLogger(__name__)
 
 
@@ -117,12 +119,29 @@ def configure_logging(verbose: bool) -> None:
         warnings.filterwarnings("ignore", message=pattern)
 
 
+def check_callback_overrides(overrides: list[str]) -> None:
+    """Raise ScriptError for an override of a callback that the scripts do not build.
+
+    The scripts build their own trainer, with the config's image_logger only, so any other
+    callbacks override would be accepted and have no effect.
+    """
+    for override in overrides:
+        parts = override_key(override).split(".")
+        if parts[0] == "callbacks" and parts[1:2] != ["image_logger"]:
+            raise ScriptError(
+                f"{override}: the scripts use only callbacks.image_logger of the config, so "
+                "this override would have no effect; train with autoexp-train to use other "
+                "callbacks"
+            )
+
+
 def run(parser: ArgumentParser, main: Callable[[argparse.Namespace], None]) -> None:
     """Parse the command line, call main, and exit with status 1 and one line on an expected
     error (with its traceback under --verbose)."""
     args = parser.parse_args()
     configure_logging(args.verbose)
     try:
+        check_callback_overrides(getattr(args, "overrides", None) or [])
         main(args)
     except EXPECTED_ERRORS as error:
         if args.verbose:

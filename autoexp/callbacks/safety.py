@@ -248,7 +248,7 @@ class InterruptCheckpoint(pl.Callback):
         too, so when the launcher alone was killed its workers trained on without it.
         """
         parent = multiprocessing.parent_process()
-        if trainer.world_size == 1 or parent is None or LAUNCHER_EXIT_SIGNAL is None:
+        if parent is None or LAUNCHER_EXIT_SIGNAL is None or trainer.world_size == 1:
             return
         previous = signal.signal(LAUNCHER_EXIT_SIGNAL, self._handle_launcher_exit)
         if not set_parent_death_signal(LAUNCHER_EXIT_SIGNAL):

@@ -427,6 +427,17 @@ BAD_ARGUMENTS = [
         "+callbacks.lr={_target_:x.Y}: the scripts use only callbacks.image_logger",
     ),
     ("pca.py", ["~callbacks"], "~callbacks: the scripts use only callbacks.image_logger"),
+    ("plot-autoenc.py", ["~callbacks"], "~callbacks: the scripts use only callbacks.image_logger"),
+    (
+        "plot-autoenc.py",
+        ["callbacks.model_checkpoint.save_top_k=2"],
+        "callbacks.model_checkpoint.save_top_k=2: the scripts use only",
+    ),
+    (
+        "train-autoenc.py",
+        ["init", "out.ckpt", "trainer=ddp", "--tensorboard", "tb"],
+        "the trainer runs 2 processes",
+    ),
     (
         "train-autoenc.py",
         ["train", "weight-1.ckpt", "out.ckpt", "trainer=ddp"],

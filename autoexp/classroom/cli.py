@@ -157,11 +157,14 @@ def split_path_and_overrides(
     took for the path moved back to the overrides.
 
     argparse fills an optional positional path before the overrides, so `plot.py data=digits`
-    puts "data=digits" in the path. A value with "=" that is not an existing file is taken as
-    an override.
+    puts "data=digits" in the path. A value that is not an existing file and contains "=" or
+    starts with "~", as Hydra's overrides that delete a key do, is taken as an override, and
+    the overrides are checked by check_callback_overrides.
     """
-    if path is not None and "=" in path and not Path(path).exists():
-        return None, [path, *overrides]
+    if path is not None and ("=" in path or path.startswith("~")) and not Path(path).exists():
+        overrides = [path, *overrides]
+        path = None
+    check_callback_overrides(overrides)
     return (Path(path) if path is not None else None), overrides
 
 

@@ -56,8 +56,15 @@ def output_folder(tensorboard: Path | None) -> Iterator[Path]:
     """Yield the folder for paths.output_dir: the TensorBoard folder if one is given, else a
     temporary folder removed afterwards, so that nothing is left in the current folder."""
     if tensorboard is not None:
+        created = not tensorboard.exists()
         tensorboard.mkdir(parents=True, exist_ok=True)
-        yield tensorboard
+        try:
+            yield tensorboard
+        except BaseException:
+            # A rejected or failed call leaves no empty folder behind.
+            if created and not any(tensorboard.iterdir()):
+                tensorboard.rmdir()
+            raise
         return
     with tempfile.TemporaryDirectory(prefix="autoexp-") as folder:
         yield Path(folder)

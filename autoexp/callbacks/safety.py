@@ -202,6 +202,10 @@ class InterruptCheckpoint(pl.Callback):
     process group (Ctrl-C in a terminal does), or to the launching process alone. When the
     launching process ends, Linux sends its workers SIGUSR2, which stops them as SIGTERM does.
 
+    NOTE: SIGTERM ends the launching process at once, and its workers write the checkpoint
+    about 4 s later on a 2-core CPU. A scheduler that kills the remaining processes as soon as
+    the launcher exits can therefore stop them before the checkpoint is written.
+
     Args:
         dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
             `checkpoints/` in the trainer's default_root_dir.

@@ -50,11 +50,20 @@ def temporary_files(folder: Path) -> list[Path]:
     return [path for path in folder.rglob("*") if path.name.endswith((".tmp", ".part"))]
 
 
-def start_cli(args: list[str], cwd: Path, new_session: bool = False) -> subprocess.Popen:
+def ignore_sigint() -> None:
+    """Start the child with SIGINT ignored, as a shell script starts a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_cli(
+    args: list[str], cwd: Path, new_session: bool = False, sigint_ignored: bool = False
+) -> subprocess.Popen:
     """Start `python -m autoexp.train ARGS` in cwd, with its output in cwd/output.txt.
 
     With new_session, the command and its children form a process group of their own, which
-    os.killpg signals as Ctrl-C in a terminal does.
+    os.killpg signals as Ctrl-C in a terminal does. With sigint_ignored, the command starts
+    with SIGINT ignored, as a background job of a shell script does; otherwise SIGINT has its
+    default handling.
     """
     # The child keeps its own copy of the file descriptor after this one is closed.
     with open(cwd / "output.txt", "w") as output:
@@ -65,7 +74,7 @@ def start_cli(args: list[str], cwd: Path, new_session: bool = False) -> subproce
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=new_session,
-            preexec_fn=restore_default_sigint,
+            preexec_fn=ignore_sigint if sigint_ignored else restore_default_sigint,
         )
 
 
@@ -496,25 +505,11 @@ def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
     assert autoexp.load_model(interrupted).model_name == "mlp_ae"
 
 
-def ignore_sigint() -> None:
-    """Start the child with SIGINT ignored, as a shell script starts a background job."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def test_cli_ddp_launcher_killed_alone_stops_workers(tmp_path):
     # The workers ignore SIGINT too, so the SIGINT that torch has Linux send them when the
     # launcher dies does nothing; autoexp sets SIGUSR2 as that signal in its place.
     args = [*CLI_FAST, "trainer=ddp", "trainer.max_epochs=1000", "test=false"]
-    with open(tmp_path / "output.txt", "w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autoexp.train", *args],
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=ignore_sigint,
-        )
+    process = start_cli(args, tmp_path, new_session=True, sigint_ignored=True)
     try:
         wait_for_file(tmp_path, "last.ckpt", timeout=240)
         process.terminate()

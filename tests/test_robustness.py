@@ -25,7 +25,12 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 import autoexp
-from autoexp.callbacks import InterruptCheckpoint, NonFiniteLossCheck, TrainingDivergedError
+from autoexp.callbacks import (
+    InterruptCheckpoint,
+    NonFiniteLossCheck,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from autoexp.checkpoint_io import AtomicCheckpointIO
 from autoexp.data.idx import write_idx
 from autoexp.models import MODELS, MLPAutoencoder
@@ -439,6 +444,19 @@ def test_interrupt_checkpoint_keeps_ignored_sigint():
         callback._restore_handlers()
         signal.signal(signal.SIGINT, previous)
     assert signal.getsignal(signal.SIGTERM) != callback._handle_signal
+
+
+def test_interrupt_checkpoint_signal_after_launcher_exit_is_first():
+    # SIGTERM to a DDP run's process group ends the launcher at once, so a worker can get the
+    # SIGUSR2 of the launcher's end before its own SIGTERM.
+    callback = InterruptCheckpoint()
+    callback._handle_launcher_exit(signal.SIGUSR2, None)
+    assert callback._signum == signal.SIGTERM
+    callback._handle_signal(signal.SIGTERM, None)
+    assert callback._signum == signal.SIGTERM
+    assert not callback._launcher_exited
+    with pytest.raises(TrainingInterrupted):
+        callback._handle_signal(signal.SIGTERM, None)
 
 
 def test_main_ctrl_c_during_checks_exits_130(monkeypatch, capsys):

@@ -273,8 +273,11 @@ class InterruptCheckpoint(pl.Callback):
             self._launcher_exited = True
 
     def _handle_signal(self, signum: int, frame) -> None:
-        if self._signum is None:
+        if self._signum is None or self._launcher_exited:
+            # A signal to the whole process group can reach a worker after the SIGUSR2 of its
+            # launcher's end, so it counts as the first signal, not as a repeat.
             self._signum = signum
+            self._launcher_exited = False
             return
         # Only a repeat of the same signal forces the exit: where the launcher is not watched,
         # a DDP worker gets SIGINT when its launcher dies, often right after a SIGTERM sent to

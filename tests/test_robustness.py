@@ -446,7 +446,7 @@ def test_interrupt_checkpoint_keeps_ignored_sigint():
     assert signal.getsignal(signal.SIGTERM) != callback._handle_signal
 
 
-def test_interrupt_checkpoint_signal_after_launcher_exit_is_first():
+def test_signal_after_launcher_exit_counts_first():
     # SIGTERM to a DDP run's process group ends the launcher at once, so a worker can get the
     # SIGUSR2 of the launcher's end before its own SIGTERM.
     callback = InterruptCheckpoint()
@@ -523,9 +523,9 @@ def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
     assert autoexp.load_model(interrupted).model_name == "mlp_ae"
 
 
-def test_cli_ddp_launcher_killed_alone_stops_workers(tmp_path):
-    # The workers ignore SIGINT too, so the SIGINT that torch has Linux send them when the
-    # launcher dies does nothing; autoexp sets SIGUSR2 as that signal in its place.
+def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
+    # The workers ignore SIGINT too, so torch's parent-death signal, SIGINT, does nothing.
+    # autoexp sets SIGUSR2 as that signal in its place.
     args = [*CLI_FAST, "trainer=ddp", "trainer.max_epochs=1000", "test=false"]
     process = start_cli(args, tmp_path, new_session=True, sigint_ignored=True)
     try:

@@ -284,9 +284,9 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   0.75 ms per step more than the plain loop, measured with a model of 4 hidden units, whose
   arithmetic is negligible. With the reference model the median step took 1.3 to 1.4 ms
   longer than the plain loop's, in sets of 6 to 8 alternating pairs of epochs. Python work
-  between torch operations can cost more inside a training loop than alone: a loop of plain
+  between torch operations can cost more inside a training loop than alone. A loop of plain
   Python that took 0.85 ms by itself added 1.2 ms to each plain-loop step in one set of 6
-  epochs and 0.92 ms in another of 12, with 2 torch threads, and 0.86 ms with 1 thread.
+  epochs and 0.92 ms in another of 12, with 2 torch threads. With 1 thread it added 0.86 ms.
 - In sets of 10 alternating pairs of epochs on 2026-12-05, the median ratio to the plain
   loop varied more between sets taken minutes apart than between contenders within a set.
   In one set, Lightning alone (a minimal LightningModule on autoexp's data module, with no
@@ -322,8 +322,8 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   3.5 ms per iteration.
 - `train_vs_plain` is the one target that fails in most runs. On 2026-12-05 between 11:45
   and 12:00 UTC, after the change to callback hooks, two runs of `autoexp-bench --json`
-  with 3 repeats gave 1.130 and 1.025, two with 5 repeats (the default since) gave 1.133
-  and 1.119, and the run on this page followed them. Their other ratios met their targets,
+  with 3 repeats gave 1.130 and 1.025. Two with 5 repeats, the default since then, gave
+  1.133 and 1.119, and the run on this page followed them. Their other ratios met their targets,
   with `kmeans_time_vs_sklearn` from 0.77 to 0.91 and `pca_vs_sklearn_covariance_eigh` from
   1.19 to 1.25. Nine runs earlier that day, with 3 repeats, gave `train_vs_plain` from 1.063
   to 1.213, median 1.146.

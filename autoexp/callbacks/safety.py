@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-# The signal that Linux sends a DDP worker when its launching process ends. torch's spawn asks
-# for SIGINT, which does nothing in a worker that inherited SIGINT as ignored.
+# The signal that Linux sends a DDP worker when its launching process ends. torch's spawn sets
+# SIGINT, which does nothing in a worker that inherited SIGINT as ignored.
 LAUNCHER_EXIT_SIGNAL = getattr(signal, "SIGUSR2", None)
 # From <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
@@ -279,7 +279,7 @@ class InterruptCheckpoint(pl.Callback):
             self._signum = signum
             self._launcher_exited = False
             return
-        # Only a repeat of the same signal forces the exit: where the launcher is not watched,
+        # Only a repeat of the same signal forces the exit. Where the launcher is not watched,
         # a DDP worker gets SIGINT when its launcher dies, often right after a SIGTERM sent to
         # the whole process group.
         if signum == self._signum:

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger, TrainingDivergedError, TrainingInterrupted
 from autoexp.callbacks.hooks import skip_unused_batch_hooks
+from autoexp.callbacks.safety import launcher_waits_for_workers
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import ConfigError, validate_config
 from autoexp.distributed import WorkerLogging, launcher_job
@@ -213,10 +214,12 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
 
     Ctrl-C outside the training batches (while the model initializes, in the sanity check, in
     the test) makes Lightning exit with code 1. That exit becomes TrainingInterrupted with
-    code 130, as a SIGINT during the training batches ends the run.
+    code 130, as a SIGINT during the training batches ends the run. With trainer=ddp, the
+    launching process returns only after its workers have saved and ended (see
+    launcher_waits_for_workers).
     """
     try:
-        with launcher_job():
+        with launcher_job(), launcher_waits_for_workers(trainer):
             return method(*args, **kwargs)
     except SystemExit as error:
         if type(error) is not SystemExit or not trainer.interrupted:
@@ -225,8 +228,8 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
             # The launching process of trainer=ddp gets the KeyboardInterrupt while it waits
             # for its workers, which handle the signal themselves.
             log.warning(
-                "Stopped by SIGINT (Ctrl-C); DDP workers in their training batches save "
-                "interrupted.ckpt and log how to resume"
+                "Stopped by SIGINT (Ctrl-C); DDP workers that were in their training batches "
+                "saved interrupted.ckpt and logged how to resume"
             )
         else:
             log.warning(

@@ -446,15 +446,15 @@ def test_interrupt_checkpoint_keeps_ignored_sigint():
     assert signal.getsignal(signal.SIGTERM) != callback._handle_signal
 
 
-def test_signal_after_launcher_exit_counts_first():
-    # SIGTERM to a DDP run's process group ends the launcher at once, so a worker can get the
-    # SIGUSR2 of the launcher's end before its own SIGTERM.
+def test_signal_after_launcher_stop_counts_first():
+    # SIGTERM to a DDP run's process group reaches the launcher too, which then sends its
+    # workers SIGUSR2, so a worker can get that SIGUSR2 before its own SIGTERM.
     callback = InterruptCheckpoint()
     callback._handle_launcher_exit(signal.SIGUSR2, None)
     assert callback._signum == signal.SIGTERM
     callback._handle_signal(signal.SIGTERM, None)
     assert callback._signum == signal.SIGTERM
-    assert not callback._launcher_exited
+    assert not callback._stopped_by_launcher
     with pytest.raises(TrainingInterrupted):
         callback._handle_signal(signal.SIGTERM, None)
 
@@ -503,6 +503,29 @@ def check_ddp_job(job_dir: Path) -> None:
     assert list(job_dir.glob("events.out.tfevents*"))
 
 
+def group_is_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def running_ddp_workers(pgid: int) -> list[int]:
+    """Return the DDP workers of a process group that still run (not exited, not zombies)."""
+    workers = []
+    for entry in Path("/proc").iterdir():
+        try:
+            # The fields after the command name, which is in parentheses: state, ppid, pgrp.
+            state, _, group = (entry / "stat").read_text().rpartition(")")[2].split()[:3]
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state != "Z" and b"multiprocessing.spawn" in command:
+            workers.append(int(entry.name))
+    return workers
+
+
 def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
     # Ctrl-C in a terminal signals the whole process group: the launching process and both
     # workers. The workers save interrupted.ckpt; the command exits with 130, no traceback.
@@ -512,6 +535,8 @@ def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
         wait_for_file(tmp_path, "last.ckpt", timeout=240)
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=120)
+        # The launching process ends after its workers.
+        assert running_ddp_workers(process.pid) == []
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -523,6 +548,31 @@ def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
     assert autoexp.load_model(interrupted).model_name == "mlp_ae"
 
 
+@pytest.mark.parametrize("to_group", [True, False], ids=["group", "launcher"])
+def test_cli_ddp_sigterm_launcher_ends_last(tmp_path, to_group):
+    # A container's first process, or a scheduler that cleans up after the main process, ends
+    # the workers with the launcher, so the launcher must end only after they have saved.
+    args = [*CLI_FAST, "trainer=ddp", "trainer.max_epochs=1000", "test=false"]
+    process = start_cli(args, tmp_path, new_session=True)
+    try:
+        wait_for_file(tmp_path, "last.ckpt", timeout=240)
+        if to_group:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            process.terminate()
+        assert process.wait(timeout=120) == 128 + signal.SIGTERM
+        assert running_ddp_workers(process.pid) == []
+        interrupted = next(tmp_path.rglob("interrupted.ckpt"))
+    finally:
+        if not group_is_gone(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    output = (tmp_path / "output.txt").read_text()
+    source = "SIGTERM" if to_group else "the launching process (a signal to it, or its end)"
+    assert f"Training stopped by {source} at step" in output, output
+    assert "Traceback" not in output
+    assert autoexp.load_model(interrupted).model_name == "mlp_ae"
+
+
 def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
     # The workers ignore SIGINT too, so torch's parent-death signal, SIGINT, does nothing.
     # autoexp sets SIGUSR2 as that signal in its place.
@@ -530,8 +580,8 @@ def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
     process = start_cli(args, tmp_path, new_session=True, sigint_ignored=True)
     try:
         wait_for_file(tmp_path, "last.ckpt", timeout=240)
-        process.terminate()
-        assert process.wait(timeout=60) == -signal.SIGTERM
+        process.kill()
+        assert process.wait(timeout=60) == -signal.SIGKILL
         # The workers are in the launcher's process group, which ends with the last of them.
         deadline = time.monotonic() + 120
         while True:
@@ -547,7 +597,9 @@ def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
         except ProcessLookupError:
             pass
     output = (tmp_path / "output.txt").read_text()
-    assert "Training stopped by the end of the launching process at step" in output, output
+    assert (
+        "Training stopped by the launching process (a signal to it, or its end) at step" in output
+    ), output
     assert "Traceback" not in output
     interrupted = next(tmp_path.rglob("interrupted.ckpt"))
     assert autoexp.load_model(interrupted).model_name == "mlp_ae"

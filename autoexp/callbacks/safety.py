@@ -1,5 +1,6 @@
 """Callbacks that end a run without losing work: on a non-finite loss and on SIGTERM or SIGINT."""
 
+import contextlib
 import ctypes
 import logging
 import math
@@ -9,12 +10,15 @@ import shlex
 import signal
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,8 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LAUNCHER_EXIT_SIGNAL = getattr(signal, "SIGUSR2", None)
 # From <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
+# Seconds that the launching process of trainer=ddp waits for its workers after a stop signal.
+WORKER_STOP_TIMEOUT_S = 120.0
 
 
 def set_parent_death_signal(signum: int) -> bool:
@@ -199,12 +205,9 @@ class InterruptCheckpoint(pl.Callback):
     same signal sent a second time ends it at once, without a checkpoint.
 
     With trainer=ddp (spawn), every worker handles the signals itself: send them to the
-    process group (Ctrl-C in a terminal does), or to the launching process alone. When the
-    launching process ends, Linux sends its workers SIGUSR2, which stops them as SIGTERM does.
-
-    NOTE: SIGTERM ends the launching process at once, and its workers write the checkpoint
-    about 4 s later on a 2-core CPU. A scheduler that kills the remaining processes as soon as
-    the launcher exits can therefore stop them before the checkpoint is written.
+    process group (Ctrl-C in a terminal does), or to the launching process alone, which then
+    sends its workers SIGUSR2 and waits for them (see `launcher_waits_for_workers`). SIGUSR2
+    stops a worker as SIGTERM does. Linux sends it too when the launching process ends.
 
     Args:
         dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
@@ -220,7 +223,9 @@ class InterruptCheckpoint(pl.Callback):
         self._signum: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._watching_launcher = False
-        self._launcher_exited = False
+        # Whether the launching process's SIGUSR2 (its end or its request to stop) decides the
+        # exit code and the message.
+        self._stopped_by_launcher = False
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -245,10 +250,11 @@ class InterruptCheckpoint(pl.Callback):
         self._watch_launcher(trainer)
 
     def _watch_launcher(self, trainer: pl.Trainer) -> None:
-        """In a DDP worker started by spawn, stop as on SIGTERM when the launcher ends.
+        """In a DDP worker started by spawn, stop as on SIGTERM on the launcher's SIGUSR2.
 
-        torch's spawn has Linux send the workers SIGINT when the launching process ends. A
-        run started with SIGINT ignored (nohup, a background job of a script) ignores that
+        The launching process sends SIGUSR2 after it receives SIGTERM or SIGINT, and Linux
+        sends it when the launching process ends. torch's spawn has Linux send SIGINT there,
+        which a run started with SIGINT ignored (nohup, a background job of a script) ignores
         too, so when the launcher alone was killed its workers trained on without it.
         """
         parent = multiprocessing.parent_process()
@@ -270,14 +276,14 @@ class InterruptCheckpoint(pl.Callback):
         # exit code and the message.
         if self._signum is None:
             self._signum = signal.SIGTERM
-            self._launcher_exited = True
+            self._stopped_by_launcher = True
 
     def _handle_signal(self, signum: int, frame) -> None:
-        if self._signum is None or self._launcher_exited:
-            # A signal to the whole process group can reach a worker after the SIGUSR2 of its
-            # launcher's end, so it counts as the first signal, not as a repeat.
+        if self._signum is None or self._stopped_by_launcher:
+            # A signal to the whole process group can reach a worker after its launcher's
+            # SIGUSR2, so it counts as the first signal, not as a repeat.
             self._signum = signum
-            self._launcher_exited = False
+            self._stopped_by_launcher = False
             return
         # Only a repeat of the same signal forces the exit. Where the launcher is not watched,
         # a DDP worker gets SIGINT when its launcher dies, often right after a SIGTERM sent to
@@ -308,8 +314,8 @@ class InterruptCheckpoint(pl.Callback):
         trainer.save_checkpoint(path, weights_only=False)
         self._restore_handlers()
         if trainer.is_global_zero:
-            if self._launcher_exited:
-                source = "the end of the launching process"
+            if self._stopped_by_launcher:
+                source = "the launching process (a signal to it, or its end)"
             elif self._signum:
                 source = signal.Signals(signum).name
             else:
@@ -353,3 +359,78 @@ class InterruptCheckpoint(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
+
+
+@contextlib.contextmanager
+def launcher_waits_for_workers(trainer: pl.Trainer) -> Iterator[None]:
+    """Keep the launching process of trainer=ddp alive after a stop signal until its workers end.
+
+    After SIGTERM or Ctrl-C, the workers save interrupted.ckpt before they end. Without this
+    block, SIGTERM ends the spawn launcher at once, and Ctrl-C ends it right after Lightning's
+    clean-up, while its workers still write the checkpoint. Where the end of the launcher ends
+    the other processes too (a container whose first process it is, a scheduler that cleans
+    up after the main process), the checkpoint was lost.
+
+    Inside the block, SIGTERM raises TrainingInterrupted in the launcher as Ctrl-C raises
+    KeyboardInterrupt. On the way out, the launcher sends its live workers SIGUSR2, which
+    stops them as SIGTERM does where the signal reached the launcher alone, and waits up to
+    WORKER_STOP_TIMEOUT_S seconds for them. A second SIGTERM ends the launcher at once.
+    Anywhere else (one process, another strategy, a thread other than the main one) the
+    block runs unchanged.
+    """
+    launcher = trainer.strategy.launcher
+    if (
+        trainer.world_size == 1
+        or not isinstance(launcher, _MultiProcessingLauncher)
+        or LAUNCHER_EXIT_SIGNAL is None
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum: int, frame) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        log.warning("Stopping on SIGTERM; send it again to stop at once")
+        raise TrainingInterrupted(128 + signum)
+
+    # A SIGTERM that the process inherited as ignored stays ignored.
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except BaseException as error:
+        # Lightning turns Ctrl-C into SystemExit(1) and marks the trainer interrupted.
+        if isinstance(error, TrainingInterrupted) or trainer.interrupted:
+            _stop_workers(getattr(launcher, "procs", []))
+        raise
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(processes: list[multiprocessing.Process]) -> None:
+    """Send live DDP workers SIGUSR2 and wait up to WORKER_STOP_TIMEOUT_S for them to end."""
+    alive = [process for process in processes if process.is_alive()]
+    if not alive:
+        return
+    log.warning(
+        "Waiting for %d DDP workers to save interrupted.ckpt and exit (at most %.0f s)",
+        len(alive),
+        WORKER_STOP_TIMEOUT_S,
+    )
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, LAUNCHER_EXIT_SIGNAL)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    for process in alive:
+        process.join(max(0.0, deadline - time.monotonic()))
+    still_alive = [process.pid for process in alive if process.is_alive()]
+    if still_alive:
+        log.warning(
+            "Timed out after %.0f s waiting for DDP workers %s to exit; Linux sends them "
+            "SIGUSR2 when this process ends",
+            WORKER_STOP_TIMEOUT_S,
+            still_alive,
+        )

@@ -606,11 +606,17 @@ def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
 
 
 def test_cli_ddp_single_run(tmp_path):
-    result = run_cli(["-m", "autoexp.train", *DDP_FAST], cwd=tmp_path, timeout=300)
+    # With lr=1e-30 the weights stay as initialized, so train/loss_epoch is the mean loss of the
+    # epoch's images. The 4 global batches of 2 x 64 images are the first 8 batches of 64 of
+    # one process, from the same permutation.
+    frozen = "model.optimizer.lr=1e-30"
+    result = run_cli(["-m", "autoexp.train", *DDP_FAST, frozen], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, output_of(result)
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
     assert len(run_dirs) == 1
     check_ddp_job(run_dirs[0])
+    # train/loss_epoch is averaged over the ranks, so Lightning does not advise sync_dist.
+    assert "sync_dist=True" not in output_of(result)
     # Lightning's deprecated LeafSpec check is silenced in the workers and in train.log.
     train_log = (run_dirs[0] / "train.log").read_text()
     assert "LeafSpec" not in output_of(result)
@@ -619,6 +625,17 @@ def test_cli_ddp_single_run(tmp_path):
     # (test=false).
     assert train_log.count("Loaded digits: train") == 1
     assert files_outside_outputs(tmp_path) == []
+
+    single = tmp_path / "outputs" / "single"
+    single_args = [*DDP_FAST, frozen, "trainer=cpu", "+trainer.limit_train_batches=8"]
+    single_args.remove("+trainer.limit_train_batches=4")
+    single_result = run_cli(
+        ["-m", "autoexp.train", *single_args, f"hydra.run.dir={single}"], cwd=tmp_path
+    )
+    assert single_result.returncode == 0, output_of(single_result)
+    ddp_loss = json.loads((run_dirs[0] / "metrics.json").read_text())["metrics"]
+    single_loss = json.loads((single / "metrics.json").read_text())["metrics"]
+    assert ddp_loss["train/loss_epoch"] == pytest.approx(single_loss["train/loss_epoch"], rel=1e-5)
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])

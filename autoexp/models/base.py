@@ -182,11 +182,18 @@ class AutoencoderModule(pl.LightningModule):
         # Subclasses that override this hook must call super().on_train_epoch_end().
         if self._train_loss_sum is None:
             return
-        # NOTE: under DDP the logged value is rank 0's own mean. A sum over the ranks here made
-        # gloo abort: the progress bar's on_train_epoch_end runs first, on rank 0 only, and
-        # syncs the epoch's metrics, so the ranks ran their collectives in different orders.
+        # Under DDP, Lightning averages the ranks' means, and BatchIndexSampler gives the ranks
+        # equally many images up to one per batch. batch_size=1, because Lightning would
+        # otherwise weight each rank by its last batch's size.
         epoch_loss = self._train_loss_sum / self._train_loss_count
-        self.log("train/loss_epoch", epoch_loss, on_step=False, on_epoch=True)
+        self.log(
+            "train/loss_epoch",
+            epoch_loss,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=1,
+        )
         self._train_loss_sum = None
         self._train_loss_count = 0
 

@@ -107,7 +107,7 @@ class WorkerLogging(pl.Callback):
         logging.captureWarnings(True)
 
 
-def _in_launcher_worker() -> bool:
+def in_launcher_worker() -> bool:
     """Return whether this process's default start method is not one of Python's own.
 
     That is the case in the loky worker processes where Hydra's joblib launcher runs jobs.
@@ -140,7 +140,7 @@ def launcher_job() -> Iterator[None]:
     NOTE: Lightning finds the free port by binding port 0 and closing the socket, so two jobs
     that start together could still draw the same port. That has not been seen here.
     """
-    if not _in_launcher_worker():
+    if not in_launcher_worker():
         yield
         return
     start_method = multiprocessing.get_start_method()

@@ -219,7 +219,9 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
     launcher_waits_for_workers).
     """
     try:
-        with launcher_job(), launcher_waits_for_workers(trainer):
+        # launcher_job changes the start method, which tells a joblib job apart, so it comes
+        # second.
+        with launcher_waits_for_workers(trainer), launcher_job():
             return method(*args, **kwargs)
     except SystemExit as error:
         if type(error) is not SystemExit or not trainer.interrupted:

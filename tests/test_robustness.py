@@ -511,9 +511,10 @@ def group_is_gone(pgid: int) -> bool:
     return False
 
 
-def running_ddp_workers(pgid: int) -> list[int]:
-    """Return the DDP workers of a process group that still run (not exited, not zombies)."""
-    workers = []
+def running_processes(pgid: int, command_part: bytes = b"") -> list[int]:
+    """Return the processes of a process group that still run (not exited, not zombies) and
+    whose command line contains command_part."""
+    found = []
     for entry in Path("/proc").iterdir():
         try:
             # The fields after the command name, which is in parentheses: state, ppid, pgrp.
@@ -521,9 +522,13 @@ def running_ddp_workers(pgid: int) -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if int(group) == pgid and state != "Z" and b"multiprocessing.spawn" in command:
-            workers.append(int(entry.name))
-    return workers
+        if int(group) == pgid and state != "Z" and command_part in command:
+            found.append(int(entry.name))
+    return found
+
+
+def running_ddp_workers(pgid: int) -> list[int]:
+    return running_processes(pgid, b"multiprocessing.spawn")
 
 
 def test_cli_ddp_ctrl_c_saves_checkpoint(tmp_path):
@@ -636,6 +641,34 @@ def test_cli_ddp_single_run(tmp_path):
     ddp_loss = json.loads((run_dirs[0] / "metrics.json").read_text())["metrics"]
     single_loss = json.loads((single / "metrics.json").read_text())["metrics"]
     assert ddp_loss["train/loss_epoch"] == pytest.approx(single_loss["train/loss_epoch"], rel=1e-5)
+
+
+def test_cli_ddp_joblib_sweep_sigterm_leaves_nothing(tmp_path):
+    # A loky worker that ran a DDP job must still end on SIGTERM, and the DDP workers of its
+    # job then save interrupted.ckpt after it.
+    args = [
+        "-m",
+        *CLI_FAST,
+        "trainer=ddp",
+        "trainer.max_epochs=1000",
+        "test=false",
+        "model.latent_dim=2,4",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    ]
+    process = start_cli(args, tmp_path, new_session=True)
+    try:
+        wait_for_file(tmp_path, "last.ckpt", timeout=240)
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=120)
+        deadline = time.monotonic() + 90
+        while running := running_processes(process.pid):
+            assert time.monotonic() < deadline, f"processes {running} run after the sweep"
+            time.sleep(0.5)
+    finally:
+        if not group_is_gone(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+    assert list(tmp_path.rglob("interrupted.ckpt"))
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])

@@ -20,6 +20,8 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
+from autoexp.distributed import in_launcher_worker
+
 log = logging.getLogger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -375,8 +377,12 @@ def launcher_waits_for_workers(trainer: pl.Trainer) -> Iterator[None]:
     KeyboardInterrupt. On the way out, the launcher sends its live workers SIGUSR2, which
     stops them as SIGTERM does where the signal reached the launcher alone, and waits up to
     WORKER_STOP_TIMEOUT_S seconds for them. A second SIGTERM ends the launcher at once.
-    Anywhere else (one process, another strategy, a thread other than the main one) the
-    block runs unchanged.
+    Anywhere else (one process, another strategy, a thread other than the main one, a job of
+    Hydra's joblib launcher) the block runs unchanged.
+
+    NOTE: in a joblib sweep the job's process is a loky worker, which has to end on SIGTERM as
+    before: it would survive TrainingInterrupted and run on after the sweep's main process.
+    There the launcher still ends first, and its workers save after it.
     """
     launcher = trainer.strategy.launcher
     if (
@@ -384,6 +390,7 @@ def launcher_waits_for_workers(trainer: pl.Trainer) -> Iterator[None]:
         or not isinstance(launcher, _MultiProcessingLauncher)
         or LAUNCHER_EXIT_SIGNAL is None
         or threading.current_thread() is not threading.main_thread()
+        or in_launcher_worker()
     ):
         yield
         return
@@ -416,7 +423,8 @@ def _stop_workers(processes: list[multiprocessing.Process]) -> None:
     if not alive:
         return
     log.warning(
-        "Waiting for %d DDP workers to save interrupted.ckpt and exit (at most %.0f s)",
+        "Waiting for %d DDP workers to stop (at most %.0f s); workers in their training "
+        "batches save interrupted.ckpt first",
         len(alive),
         WORKER_STOP_TIMEOUT_S,
     )

@@ -25,7 +25,7 @@ from autoexp.callbacks.hooks import skip_unused_batch_hooks
 from autoexp.callbacks.safety import launcher_waits_for_workers
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import ConfigError, validate_config
-from autoexp.distributed import WorkerLogging, launcher_job
+from autoexp.distributed import WorkerLogging, in_launcher_worker, launcher_job
 from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.profiling import profiler_argument
 from autoexp.sweep import record_failure, register_resolvers, remove_created_parents
@@ -226,7 +226,13 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
     except SystemExit as error:
         if type(error) is not SystemExit or not trainer.interrupted:
             raise
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and in_launcher_worker():
+            # A joblib job does not wait for its DDP workers (see launcher_waits_for_workers).
+            log.warning(
+                "Stopped by SIGINT (Ctrl-C); DDP workers in their training batches save "
+                "interrupted.ckpt after this process ends"
+            )
+        elif trainer.world_size > 1:
             # The launching process of trainer=ddp gets the KeyboardInterrupt while it waits
             # for its workers, which handle the signal themselves.
             log.warning(

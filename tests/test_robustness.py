@@ -643,13 +643,15 @@ def test_cli_ddp_single_run(tmp_path):
     assert ddp_loss["train/loss_epoch"] == pytest.approx(single_loss["train/loss_epoch"], rel=1e-5)
 
 
-def test_cli_ddp_joblib_sweep_sigterm_leaves_nothing(tmp_path):
-    # A loky worker that ran a DDP job must still end on SIGTERM, and the DDP workers of its
-    # job then save interrupted.ckpt after it.
+@pytest.mark.parametrize("trainer", ["ddp", "cpu"])
+def test_cli_joblib_sweep_sigterm_leaves_nothing(tmp_path, trainer):
+    # SIGTERM ends the sweep's main process at once. A loky worker that ran a DDP job must
+    # still end on SIGTERM, and the DDP workers of its job then save interrupted.ckpt after it.
+    # A loky worker that trained itself saves interrupted.ckpt and then ends.
     args = [
         "-m",
         *CLI_FAST,
-        "trainer=ddp",
+        f"trainer={trainer}",
         "trainer.max_epochs=1000",
         "test=false",
         "model.latent_dim=2,4",
@@ -658,7 +660,11 @@ def test_cli_ddp_joblib_sweep_sigterm_leaves_nothing(tmp_path):
     ]
     process = start_cli(args, tmp_path, new_session=True)
     try:
-        wait_for_file(tmp_path, "last.ckpt", timeout=240)
+        # Wait until both jobs train.
+        deadline = time.monotonic() + 240
+        while len(list(tmp_path.rglob("last.ckpt"))) < 2:
+            assert time.monotonic() < deadline, "timed out waiting for last.ckpt of both jobs"
+            time.sleep(0.2)
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=120)
         deadline = time.monotonic() + 90
@@ -668,7 +674,7 @@ def test_cli_ddp_joblib_sweep_sigterm_leaves_nothing(tmp_path):
     finally:
         if not group_is_gone(process.pid):
             os.killpg(process.pid, signal.SIGKILL)
-    assert list(tmp_path.rglob("interrupted.ckpt"))
+    assert len(list(tmp_path.rglob("interrupted.ckpt"))) == 2
 
 
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])

@@ -32,6 +32,9 @@ LAUNCHER_EXIT_SIGNAL = getattr(signal, "SIGUSR2", None)
 PR_SET_PDEATHSIG = 1
 # Seconds that the launching process of trainer=ddp waits for its workers after a stop signal.
 WORKER_STOP_TIMEOUT_S = 120.0
+# Seconds that a stopped joblib job waits for the end of the sweep's main process. That process
+# ended 0.11 s after SIGTERM to the group on a 2-core CPU.
+SWEEP_END_WAIT_S = 3.0
 
 
 def set_parent_death_signal(signum: int) -> bool:
@@ -228,6 +231,10 @@ class InterruptCheckpoint(pl.Callback):
         # Whether the launching process's SIGUSR2 (its end or its request to stop) decides the
         # exit code and the message.
         self._stopped_by_launcher = False
+        # In a job of Hydra's joblib launcher: this process and the sweep's main process.
+        self._joblib_job: tuple[int, int] | None = None
+        if in_launcher_worker():
+            self._joblib_job = (os.getpid(), os.getppid())
 
     def checkpoint_path(self, trainer: pl.Trainer) -> Path:
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
@@ -331,7 +338,31 @@ class InterruptCheckpoint(pl.Callback):
                 path,
                 resume_command(self.overrides, path),
             )
+        if self._sweep_has_ended():
+            # Nothing receives the job's result, and a joblib worker survives
+            # TrainingInterrupted, so it would stay idle until joblib's idle timeout.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         raise TrainingInterrupted(128 + signum)
+
+    def _sweep_has_ended(self) -> bool:
+        """Return whether this is a joblib job whose sweep's main process has ended.
+
+        SIGTERM to the sweep's process group ends its main process, but not always before the
+        job has saved its checkpoint, so this waits up to SWEEP_END_WAIT_S for that end.
+        """
+        if self._joblib_job is None:
+            return False
+        job_pid, sweep_pid = self._joblib_job
+        # DDP workers get a copy of the callback, with the job's values.
+        if os.getpid() != job_pid:
+            return False
+        deadline = time.monotonic() + SWEEP_END_WAIT_S
+        while os.getppid() == sweep_pid:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._stop_requested(trainer):

@@ -512,8 +512,7 @@ def group_is_gone(pgid: int) -> bool:
 
 
 def running_processes(pgid: int, command_part: bytes = b"") -> list[int]:
-    """Return the processes of a process group that still run (not exited, not zombies) and
-    whose command line contains command_part."""
+    """Return the running processes (not zombies) of a group whose command contains a part."""
     found = []
     for entry in Path("/proc").iterdir():
         try:
@@ -611,9 +610,8 @@ def test_cli_ddp_killed_launcher_stops_workers(tmp_path):
 
 
 def test_cli_ddp_single_run(tmp_path):
-    # With lr=1e-30 the weights stay as initialized, so train/loss_epoch is the mean loss of the
-    # epoch's images. The 4 global batches of 2 x 64 images are the first 8 batches of 64 of
-    # one process, from the same permutation.
+    # With lr=1e-30 the weights keep their initial values, so train/loss_epoch is the mean loss
+    # of the epoch's images: the 4 global batches of 2 x 64 are one process's first 8 of 64.
     frozen = "model.optimizer.lr=1e-30"
     result = run_cli(["-m", "autoexp.train", *DDP_FAST, frozen], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, output_of(result)
@@ -645,9 +643,8 @@ def test_cli_ddp_single_run(tmp_path):
 
 @pytest.mark.parametrize("trainer", ["ddp", "cpu"])
 def test_cli_joblib_sweep_sigterm_leaves_nothing(tmp_path, trainer):
-    # SIGTERM ends the sweep's main process at once. A loky worker that ran a DDP job must
-    # still end on SIGTERM, and the DDP workers of its job then save interrupted.ckpt after it.
-    # A loky worker that trained itself saves interrupted.ckpt and then ends.
+    # A loky worker with a DDP job ends on SIGTERM, and its DDP workers save after it. A loky
+    # worker that trains itself saves interrupted.ckpt and then ends.
     args = [
         "-m",
         *CLI_FAST,

@@ -296,11 +296,11 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   to 1.33. So the excess over the plain loop is Lightning's own work per step, and
   `train_vs_plain` lies near or above its 1.10 target on this machine.
 - Time stamps at Lightning's hooks, over 633 steps of the reference model on 2026-12-05,
-  locate the excess. Its medians per step were about 0.8 ms inside the automatic
-  optimization (building the closure, the wrappers around the optimizer step, the hooks
-  around zero_grad and backward) and about 0.65 ms between steps (the batch-end hooks,
-  the logger connector, the epoch loop's bookkeeping, the batch transfer hooks, and 0.13 ms
-  of the DataLoader's own work around autoexp's batch indexing). Two ways to skip parts of it
+  locate the excess. About 0.8 ms of the median step lay inside the automatic optimization:
+  building the closure, the wrappers around the optimizer step, and the hooks around
+  zero_grad and backward. About 0.65 ms lay between steps: the batch-end hooks, the logger
+  connector, the epoch loop's bookkeeping, the batch transfer hooks, and 0.13 ms of the
+  DataLoader's own work around autoexp's batch indexing. Two ways to skip parts of it
   were measured and not kept. Serving the training batches from a plain iterable instead of
   the DataLoader changed the epoch time by less than 1% (median of 8 pairs). Lightning's
   manual optimization gave 1.077 against 1.099 for the automatic one (6 pairs), within the

@@ -182,9 +182,9 @@ class AutoencoderModule(pl.LightningModule):
         # Subclasses that override this hook must call super().on_train_epoch_end().
         if self._train_loss_sum is None:
             return
-        # Under DDP, Lightning averages the ranks' means, and BatchIndexSampler gives the ranks
-        # equally many images up to one per batch. batch_size=1, because Lightning would
-        # otherwise weight each rank by its last batch's size.
+        # Under DDP, Lightning averages the ranks' means. BatchIndexSampler gives every rank the
+        # same number of images, up to one per batch. batch_size=1 stops Lightning from
+        # weighting each rank by the size of its last batch.
         epoch_loss = self._train_loss_sum / self._train_loss_count
         self.log(
             "train/loss_epoch",

@@ -1,17 +1,24 @@
-"""Process set-up and clean-up for DDP runs: logging in the workers, the process group at exit."""
+"""Process set-up and clean-up for DDP runs: worker logging, stop signals, the process group."""
 
 import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger(__name__)
+
+# Seconds that the launching process of trainer=ddp waits for its workers after a stop signal.
+WORKER_STOP_TIMEOUT_S = 120.0
 
 
 def destroy_process_group_at_exit() -> None:
@@ -162,3 +169,89 @@ def launcher_job() -> Iterator[None]:
             os.environ.pop("MASTER_PORT", None)
         else:
             os.environ["MASTER_PORT"] = inherited_port
+
+
+@contextlib.contextmanager
+def launcher_waits_for_workers(trainer: pl.Trainer) -> Iterator[None]:
+    """Keep the launching process of trainer=ddp alive after a stop signal until its workers end.
+
+    After SIGTERM or Ctrl-C, the workers save interrupted.ckpt before they end. Without this
+    block, SIGTERM ends the spawn launcher at once, and Ctrl-C ends it right after Lightning's
+    clean-up, while its workers still write the checkpoint. Where the end of the launcher ends
+    the other processes too (a container whose first process it is, a scheduler that cleans
+    up after the main process), the checkpoint was lost.
+
+    Inside the block, SIGTERM raises TrainingInterrupted in the launcher as Ctrl-C raises
+    KeyboardInterrupt. On the way out, the launcher sends its live workers SIGUSR2, which
+    stops them as SIGTERM does where the signal reached the launcher alone, and waits up to
+    WORKER_STOP_TIMEOUT_S seconds for them. A second SIGTERM ends the launcher at once.
+    Anywhere else (one process, another strategy, a thread other than the main one, a job of
+    Hydra's joblib launcher) the block runs unchanged.
+
+    NOTE: in a joblib sweep the job's process is a loky worker, which has to end on SIGTERM as
+    before: it would survive TrainingInterrupted and run on after the sweep's main process.
+    There the launcher still ends first, and its workers save after it.
+    """
+    # Imported here because autoexp.callbacks.safety imports this module.
+    from autoexp.callbacks.safety import LAUNCHER_EXIT_SIGNAL, TrainingInterrupted
+
+    launcher = trainer.strategy.launcher
+    if (
+        trainer.world_size == 1
+        or not isinstance(launcher, _MultiProcessingLauncher)
+        or LAUNCHER_EXIT_SIGNAL is None
+        or threading.current_thread() is not threading.main_thread()
+        or in_launcher_worker()
+    ):
+        yield
+        return
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum: int, frame) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        log.warning(
+            "Received SIGTERM, so the DDP workers stop. Send SIGTERM again to exit at once"
+        )
+        raise TrainingInterrupted(128 + signum)
+
+    # A SIGTERM that the process inherited as ignored stays ignored.
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    except BaseException as error:
+        # Lightning turns Ctrl-C into SystemExit(1) and marks the trainer interrupted.
+        if isinstance(error, TrainingInterrupted) or trainer.interrupted:
+            _stop_workers(getattr(launcher, "procs", []), LAUNCHER_EXIT_SIGNAL)
+        raise
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(processes: list[multiprocessing.Process], stop_signal: int) -> None:
+    """Send live DDP workers stop_signal and wait up to WORKER_STOP_TIMEOUT_S for them to end."""
+    alive = [process for process in processes if process.is_alive()]
+    if not alive:
+        return
+    log.warning(
+        "Waiting for %d DDP workers to stop (at most %.0f s); workers in their training "
+        "batches save interrupted.ckpt first",
+        len(alive),
+        WORKER_STOP_TIMEOUT_S,
+    )
+    for process in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, stop_signal)
+    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
+    for process in alive:
+        process.join(max(0.0, deadline - time.monotonic()))
+    still_alive = [process.pid for process in alive if process.is_alive()]
+    if still_alive:
+        log.warning(
+            "Timed out after %.0f s waiting for DDP workers %s to exit; Linux sends them "
+            "SIGUSR2 when this process ends",
+            WORKER_STOP_TIMEOUT_S,
+            still_alive,
+        )

@@ -22,10 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from autoexp.callbacks import HparamsLogger, TrainingDivergedError, TrainingInterrupted
 from autoexp.callbacks.hooks import skip_unused_batch_hooks
-from autoexp.callbacks.safety import launcher_waits_for_workers
 from autoexp.checkpoint_io import check_resume_checkpoint
 from autoexp.config import ConfigError, validate_config
-from autoexp.distributed import WorkerLogging, in_launcher_worker, launcher_job
+from autoexp.distributed import (
+    WorkerLogging,
+    in_launcher_worker,
+    launcher_job,
+    launcher_waits_for_workers,
+)
 from autoexp.models import AutoencoderModule, read_checkpoint
 from autoexp.profiling import profiler_argument
 from autoexp.sweep import record_failure, register_resolvers, remove_created_parents
@@ -219,8 +223,8 @@ def run_trainer(trainer: pl.Trainer, method: Callable[..., Any], *args, **kwargs
     launcher_waits_for_workers).
     """
     try:
-        # launcher_job changes the start method, which tells a joblib job apart, so it comes
-        # second.
+        # in_launcher_worker detects a joblib job by its start method, which launcher_job
+        # changes, so launcher_job is entered second.
         with launcher_waits_for_workers(trainer), launcher_job():
             return method(*args, **kwargs)
     except SystemExit as error:

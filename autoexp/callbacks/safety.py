@@ -1,6 +1,5 @@
 """Callbacks that end a run without losing work: on a non-finite loss and on SIGTERM or SIGINT."""
 
-import contextlib
 import ctypes
 import logging
 import math
@@ -11,14 +10,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
-from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from autoexp.distributed import in_launcher_worker
 
@@ -30,8 +27,6 @@ HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 LAUNCHER_EXIT_SIGNAL = getattr(signal, "SIGUSR2", None)
 # From <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
-# Seconds that the launching process of trainer=ddp waits for its workers after a stop signal.
-WORKER_STOP_TIMEOUT_S = 120.0
 # Seconds that a stopped joblib job waits for the end of the sweep's main process. That process
 # ended 0.11 s after SIGTERM to the group on a 2-core CPU.
 SWEEP_END_WAIT_S = 3.0
@@ -211,8 +206,9 @@ class InterruptCheckpoint(pl.Callback):
 
     With trainer=ddp (spawn), every worker handles the signals itself: send them to the
     process group (Ctrl-C in a terminal does), or to the launching process alone, which then
-    sends its workers SIGUSR2 and waits for them (see `launcher_waits_for_workers`). SIGUSR2
-    stops a worker as SIGTERM does. Linux sends it too when the launching process ends.
+    sends its workers SIGUSR2 and waits for them (see
+    `autoexp.distributed.launcher_waits_for_workers`). SIGUSR2 stops a worker as SIGTERM does.
+    Linux sends it too when the launching process ends.
 
     Args:
         dirpath: Folder of the checkpoint. None means the ModelCheckpoint's folder, or
@@ -228,8 +224,8 @@ class InterruptCheckpoint(pl.Callback):
         self._signum: int | None = None
         self._previous_handlers: dict[int, Any] = {}
         self._watching_launcher = False
-        # Whether the launching process's SIGUSR2 (its end or its request to stop) decides the
-        # exit code and the message.
+        # Whether the exit code and the message come from the launching process's SIGUSR2,
+        # which it sends on a stop signal and Linux sends at its end.
         self._stopped_by_launcher = False
         # In a job of Hydra's joblib launcher: this process and the sweep's main process.
         self._joblib_job: tuple[int, int] | None = None
@@ -339,8 +335,8 @@ class InterruptCheckpoint(pl.Callback):
                 resume_command(self.overrides, path),
             )
         if self._sweep_has_ended():
-            # Nothing receives the job's result, and a joblib worker survives
-            # TrainingInterrupted, so it would stay idle until joblib's idle timeout.
+            # No process waits for the job's result, and a joblib worker survives
+            # TrainingInterrupted, so the worker would stay idle.
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         raise TrainingInterrupted(128 + signum)
@@ -392,84 +388,3 @@ class InterruptCheckpoint(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_handlers()
-
-
-@contextlib.contextmanager
-def launcher_waits_for_workers(trainer: pl.Trainer) -> Iterator[None]:
-    """Keep the launching process of trainer=ddp alive after a stop signal until its workers end.
-
-    After SIGTERM or Ctrl-C, the workers save interrupted.ckpt before they end. Without this
-    block, SIGTERM ends the spawn launcher at once, and Ctrl-C ends it right after Lightning's
-    clean-up, while its workers still write the checkpoint. Where the end of the launcher ends
-    the other processes too (a container whose first process it is, a scheduler that cleans
-    up after the main process), the checkpoint was lost.
-
-    Inside the block, SIGTERM raises TrainingInterrupted in the launcher as Ctrl-C raises
-    KeyboardInterrupt. On the way out, the launcher sends its live workers SIGUSR2, which
-    stops them as SIGTERM does where the signal reached the launcher alone, and waits up to
-    WORKER_STOP_TIMEOUT_S seconds for them. A second SIGTERM ends the launcher at once.
-    Anywhere else (one process, another strategy, a thread other than the main one, a job of
-    Hydra's joblib launcher) the block runs unchanged.
-
-    NOTE: in a joblib sweep the job's process is a loky worker, which has to end on SIGTERM as
-    before: it would survive TrainingInterrupted and run on after the sweep's main process.
-    There the launcher still ends first, and its workers save after it.
-    """
-    launcher = trainer.strategy.launcher
-    if (
-        trainer.world_size == 1
-        or not isinstance(launcher, _MultiProcessingLauncher)
-        or LAUNCHER_EXIT_SIGNAL is None
-        or threading.current_thread() is not threading.main_thread()
-        or in_launcher_worker()
-    ):
-        yield
-        return
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def stop(signum: int, frame) -> None:
-        signal.signal(signal.SIGTERM, previous)
-        log.warning("Stopping on SIGTERM; send it again to stop at once")
-        raise TrainingInterrupted(128 + signum)
-
-    # A SIGTERM that the process inherited as ignored stays ignored.
-    if previous is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    except BaseException as error:
-        # Lightning turns Ctrl-C into SystemExit(1) and marks the trainer interrupted.
-        if isinstance(error, TrainingInterrupted) or trainer.interrupted:
-            _stop_workers(getattr(launcher, "procs", []))
-        raise
-    finally:
-        if signal.getsignal(signal.SIGTERM) is stop:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _stop_workers(processes: list[multiprocessing.Process]) -> None:
-    """Send live DDP workers SIGUSR2 and wait up to WORKER_STOP_TIMEOUT_S for them to end."""
-    alive = [process for process in processes if process.is_alive()]
-    if not alive:
-        return
-    log.warning(
-        "Waiting for %d DDP workers to stop (at most %.0f s); workers in their training "
-        "batches save interrupted.ckpt first",
-        len(alive),
-        WORKER_STOP_TIMEOUT_S,
-    )
-    for process in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, LAUNCHER_EXIT_SIGNAL)
-    deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
-    for process in alive:
-        process.join(max(0.0, deadline - time.monotonic()))
-    still_alive = [process.pid for process in alive if process.is_alive()]
-    if still_alive:
-        log.warning(
-            "Timed out after %.0f s waiting for DDP workers %s to exit; Linux sends them "
-            "SIGUSR2 when this process ends",
-            WORKER_STOP_TIMEOUT_S,
-            still_alive,
-        )

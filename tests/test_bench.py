@@ -13,7 +13,7 @@ import torch
 from torchvision.datasets import MNIST
 
 from autoexp.bench import cli, report
-from autoexp.bench.timing import paired_ratio, run_alternating
+from autoexp.bench.timing import pair_ratios, run_alternating
 from autoexp.bench.training import InMemoryMNIST, layer_widths, plain_mlp, training_flops
 from autoexp.data.idx import write_idx
 from autoexp.data.sources import IDX_FILE_STEMS
@@ -46,6 +46,15 @@ def test_bench_json_has_every_ratio(bench_run):
         assert isinstance(value, float), key
         assert math.isfinite(value), key
         assert value > 0, key
+
+
+def test_bench_json_has_ratio_ranges(bench_run):
+    results, _, _ = bench_run
+    assert set(results["ratio_ranges"]) == set(cli.RATIO_KEYS)
+    for key, (lowest, highest) in results["ratio_ranges"].items():
+        # One repeat: the range is that repeat's value, which is also the median.
+        assert lowest == results["ratios"][key], key
+        assert highest == results["ratios"][key], key
 
 
 def test_bench_json_has_sections(bench_run):
@@ -155,10 +164,32 @@ def test_run_alternating_rotates_order():
     assert {name: len(runs) for name, runs in results.items()} == {"a": 3, "b": 3, "c": 3}
 
 
-def test_paired_ratio_is_median_of_pairs():
-    assert paired_ratio([2.0, 9.0, 3.0], [1.0, 3.0, 1.0]) == 3.0
+def test_pair_ratios_per_repeat():
+    assert pair_ratios([2.0, 9.0, 3.0], [1.0, 3.0, 1.0]) == [2.0, 3.0, 3.0]
     with pytest.raises(ValueError, match="equally long"):
-        paired_ratio([1.0], [1.0, 2.0])
+        pair_ratios([1.0], [1.0, 2.0])
+
+
+def test_summarize_pairs_gives_median_and_range():
+    ratios, ranges = cli.summarize_pairs({"train_vs_plain": [1.3, 1.05, 1.1, 0.98]})
+    assert ratios["train_vs_plain"] == pytest.approx(1.075)
+    assert ranges["train_vs_plain"] == [0.98, 1.3]
+    # Parts that did not run keep their keys, with None.
+    assert set(ratios) == set(ranges) == set(cli.RATIO_KEYS)
+    assert ratios["pca_vs_sklearn_full"] is None
+    assert ranges["pca_vs_sklearn_full"] is None
+
+
+def test_ratio_table_shows_ranges():
+    checks = report.check_targets({"train_vs_plain": 1.075, "per_sample_vs_train": 3.0})
+    ranges = {"train_vs_plain": [0.98, 1.3], "per_sample_vs_train": [3.0, 3.0]}
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in report.ratio_table(checks, ranges).splitlines()
+    }
+    assert "| 0.98 to 1.3 " in rows["`train_vs_plain`"]
+    assert "to" not in rows["`per_sample_vs_train`"].split("|")[4]
+    assert rows["`peak_rss_mb`"].split("|")[4].strip() == "-"
 
 
 def test_plain_mlp_matches_mlp_ae():

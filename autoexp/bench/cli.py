@@ -19,7 +19,7 @@ import torch
 from autoexp.bench import report
 from autoexp.bench.memory import peak_rss_mb
 from autoexp.bench.solvers import KMEANS_CLUSTERS, PCA_COMPONENTS, SolverBench
-from autoexp.bench.timing import column, paired_ratio, run_alternating
+from autoexp.bench.timing import column, pair_ratios, run_alternating
 from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
 from autoexp.data import load_splits
 from autoexp.data.sources import SUPPLY_HEADING, find_idx_files
@@ -210,12 +210,12 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
         "per_sample": columns(runs["per_sample"], ("epoch_s",)),
         "matmul": columns(runs["matmul"], ("gflops",)),
     }
-    ratios = {
-        "train_vs_plain": paired_ratio(raw["autoexp"]["epoch_s"], raw["plain"]["epoch_s"]),
-        "per_sample_vs_train": paired_ratio(
+    pairs = {
+        "train_vs_plain": pair_ratios(raw["autoexp"]["epoch_s"], raw["plain"]["epoch_s"]),
+        "per_sample_vs_train": pair_ratios(
             raw["per_sample"]["epoch_s"], raw["autoexp"]["epoch_s"]
         ),
-        "plain_flops_vs_matmul": paired_ratio(raw["plain"]["gflops"], raw["matmul"]["gflops"]),
+        "plain_flops_vs_matmul": pair_ratios(raw["plain"]["gflops"], raw["matmul"]["gflops"]),
     }
     summary = {
         "n_images": len(bench.split),
@@ -227,7 +227,7 @@ def measure_training(bench: TrainingBench, repeats: int) -> dict[str, Any]:
         "runs": raw,
         "median": medians(raw),
     }
-    return {"summary": summary, "ratios": ratios}
+    return {"summary": summary, "pairs": pairs}
 
 
 def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
@@ -244,10 +244,10 @@ def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
         name: columns(name_runs, ("time_s", "fit_s", "error")) for name, name_runs in runs.items()
     }
     autoexp = raw["autoexp"]
-    ratios, error_diffs = {}, {}
+    pairs, error_diffs = {}, {}
     for solver in ("covariance_eigh", "full"):
         other = raw[f"sklearn_{solver}"]
-        ratios[f"pca_vs_sklearn_{solver}"] = paired_ratio(autoexp["time_s"], other["time_s"])
+        pairs[f"pca_vs_sklearn_{solver}"] = pair_ratios(autoexp["time_s"], other["time_s"])
         error_diffs[f"pca_error_rel_diff_{solver}"] = statistics.median(
             abs(mine - theirs) / theirs
             for mine, theirs in zip(autoexp["error"], other["error"], strict=True)
@@ -258,7 +258,7 @@ def measure_pca(bench: SolverBench, repeats: int) -> dict[str, Any]:
         "median": medians(raw),
         **error_diffs,
     }
-    return {"summary": summary, "ratios": ratios}
+    return {"summary": summary, "pairs": pairs}
 
 
 def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
@@ -268,9 +268,9 @@ def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
     )
     keys = ("time_s", "fit_s", "iterations", "inertia")
     raw = {name: columns(name_runs, keys) for name, name_runs in runs.items()}
-    ratios = {
-        "kmeans_time_vs_sklearn": paired_ratio(raw["autoexp"]["time_s"], raw["sklearn"]["time_s"]),
-        "kmeans_inertia_vs_sklearn": paired_ratio(
+    pairs = {
+        "kmeans_time_vs_sklearn": pair_ratios(raw["autoexp"]["time_s"], raw["sklearn"]["time_s"]),
+        "kmeans_inertia_vs_sklearn": pair_ratios(
             raw["autoexp"]["inertia"], raw["sklearn"]["inertia"]
         ),
     }
@@ -279,7 +279,7 @@ def measure_kmeans(bench: SolverBench, repeats: int) -> dict[str, Any]:
         "runs": raw,
         "median": medians(raw),
     }
-    return {"summary": summary, "ratios": ratios}
+    return {"summary": summary, "pairs": pairs}
 
 
 RATIO_KEYS = (
@@ -291,6 +291,21 @@ RATIO_KEYS = (
     "kmeans_time_vs_sklearn",
     "kmeans_inertia_vs_sklearn",
 )
+
+
+def summarize_pairs(
+    pairs: dict[str, list[float]],
+) -> tuple[dict[str, float | None], dict[str, list[float] | None]]:
+    """Return the median and the [lowest, highest] of each ratio's per-repeat values.
+
+    Both have every key of RATIO_KEYS, with None for the ratios of parts that did not run.
+    """
+    ratios: dict[str, float | None] = dict.fromkeys(RATIO_KEYS)
+    ranges: dict[str, list[float] | None] = dict.fromkeys(RATIO_KEYS)
+    for key, values in pairs.items():
+        ratios[key] = statistics.median(values)
+        ranges[key] = [min(values), max(values)]
+    return ratios, ranges
 
 
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -307,7 +322,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
         "repeats": args.repeats,
         "machine": report.machine(device),
     }
-    ratios: dict[str, float | None] = dict.fromkeys(RATIO_KEYS)
+    # Each ratio's value in every repeat, in repeat order.
+    pairs: dict[str, list[float]] = {}
 
     with tempfile.TemporaryDirectory(prefix="autoexp-bench-") as work_dir:
         work = Path(work_dir)
@@ -317,16 +333,16 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
             if "training" not in args.skip:
                 measured = measure_training(training, args.repeats)
                 results["training"] = measured["summary"]
-                ratios.update(measured["ratios"])
+                pairs.update(measured["pairs"])
             solvers = SolverBench(data, device, args.data_root, training.datamodule, work)
             if "pca" not in args.skip:
                 measured = measure_pca(solvers, args.repeats)
                 results["pca"] = measured["summary"]
-                ratios.update(measured["ratios"])
+                pairs.update(measured["pairs"])
             if "kmeans" not in args.skip:
                 measured = measure_kmeans(solvers, args.repeats)
                 results["kmeans"] = measured["summary"]
-                ratios.update(measured["ratios"])
+                pairs.update(measured["pairs"])
 
         results["peak_rss_mb"] = None
         if "memory" not in args.skip:
@@ -336,6 +352,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 overrides.append(f"data.root={args.data_root}")
             results["peak_rss_mb"] = peak_rss_mb(overrides, work / "memory-run")
 
+    ratios, results["ratio_ranges"] = summarize_pairs(pairs)
     results["ratios"] = ratios
     checked = {**ratios, "peak_rss_mb": results["peak_rss_mb"]}
     for key in ("pca_error_rel_diff_covariance_eigh", "pca_error_rel_diff_full"):

@@ -98,21 +98,36 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(header), separator, *(line(row) for row in rows)])
 
 
-def ratio_table(targets: dict[str, dict[str, Any]]) -> str:
-    """Return the table of ratios and peak memory against their targets."""
+def ratio_table(
+    targets: dict[str, dict[str, Any]], ranges: dict[str, list[float] | None] | None = None
+) -> str:
+    """Return the table of ratios and peak memory against their targets.
+
+    Args:
+        targets: The checks of `check_targets`.
+        ranges: The lowest and highest per-repeat value of each ratio, shown beside its median
+            where they differ.
+    """
+    ranges = ranges or {}
     rows = []
     for key, check in targets.items():
         met = {True: "yes", False: "NO", None: "-"}[check["met"]]
+        spread = ranges.get(key)
         rows.append(
             [
                 f"`{key}`",
                 RATIO_DESCRIPTIONS[key],
                 fmt(check["value"], 4),
+                f"{fmt(spread[0], 4)} to {fmt(spread[1], 4)}"
+                if spread and spread[0] != spread[1]
+                else "-",
                 f"{check['op']} {check['bound']:g}",
                 met,
             ]
         )
-    return markdown_table(["key", "figure", "value", "target", "met"], rows)
+    return markdown_table(
+        ["key", "figure", "value", "repeats, lowest to highest", "target", "met"], rows
+    )
 
 
 def training_table(training: dict[str, Any]) -> str:
@@ -210,7 +225,7 @@ def tables(results: dict[str, Any]) -> str:
         parts.append(pca_table(results["pca"]))
     if "kmeans" in results:
         parts.append(kmeans_table(results["kmeans"]))
-    parts.append(ratio_table(results["targets"]))
+    parts.append(ratio_table(results["targets"], results.get("ratio_ranges")))
     if results["data"] != TARGET_DATA:
         parts.append(target_data_note(results["data"]))
     return "\n\n".join(parts) + "\n"
@@ -231,7 +246,9 @@ METHOD = """\
 All contenders run in one process, one after the other, and the order rotates from one
 repeat to the next, so a change in the machine's speed hits every contender alike. Each
 figure above is the median over the repeats; each ratio is the median of the ratios of
-runs from the same repeat.
+runs from the same repeat. The table of ratios also shows the lowest and highest of those
+per-repeat ratios, which the JSON keeps under `ratio_ranges`: on a machine whose speed
+drifts, they tell a median near its bound from a clear miss.
 
 - **Training.** One epoch over the whole training split of the reference `mlp_ae`
   (784-512-128-32-128-512-784 for 28x28 images, 64 in place of 784 for digits; ReLU,

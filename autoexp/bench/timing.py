@@ -1,6 +1,5 @@
-"""Alternating timed runs, medians of per-pair ratios, and the machine's matmul throughput."""
+"""Alternating timed runs, per-pair ratios, and the machine's matmul throughput."""
 
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,17 +36,17 @@ def column(runs: list[dict[str, Any]], key: str) -> list[float]:
     return [float(run[key]) for run in runs]
 
 
-def paired_ratio(numerators: list[float], denominators: list[float]) -> float:
-    """Return the median over repeats of numerators[i] / denominators[i].
+def pair_ratios(numerators: list[float], denominators: list[float]) -> list[float]:
+    """Return numerators[i] / denominators[i] for each repeat i.
 
     Both runs of a pair come from the same repeat, so they ran close together in time.
     """
     if len(numerators) != len(denominators) or not numerators:
         raise ValueError(
-            f"paired_ratio needs two equally long, non-empty lists; got {len(numerators)} "
+            f"pair_ratios needs two equally long, non-empty lists; got {len(numerators)} "
             f"and {len(denominators)} values"
         )
-    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
+    return [n / d for n, d in zip(numerators, denominators, strict=True)]
 
 
 def synchronize(device: torch.device) -> None:

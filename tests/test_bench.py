@@ -5,8 +5,10 @@ import io
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,12 +139,110 @@ def test_bench_rejects_bad_paths(tmp_path, monkeypatch, capsys, option, value, e
     assert list(tmp_path.iterdir()) == []
 
 
-def test_bench_rejects_one_path_for_both(tmp_path, capsys):
-    path = str(tmp_path / "out")
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink"])
+def test_bench_rejects_one_path_for_both(tmp_path, capsys, spelling):
+    json_path = tmp_path / "out"
+    markdown_path = {
+        "same": json_path,
+        "dotdot": tmp_path / "sub" / ".." / "out",
+        "symlink": tmp_path / "link",
+    }[spelling]
+    json_path.write_text("{}")
+    (tmp_path / "link").symlink_to(json_path)
     with pytest.raises(SystemExit) as exit_info:
-        cli.parse_args(["--json", path, "--markdown", path])
+        cli.parse_args(["--json", str(json_path), "--markdown", str(markdown_path)])
     assert exit_info.value.code == 2
-    assert "--json and --markdown name the same file" in capsys.readouterr().err
+    assert "name the same file; give two paths" in capsys.readouterr().err
+
+
+def test_bench_rejects_skipping_every_part(capsys):
+    argv = [arg for part in cli.PARTS for arg in ("--skip", part)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(argv)
+    assert exit_info.value.code == 2
+    assert "--skip leaves no part to run" in capsys.readouterr().err
+
+
+def test_bench_rejects_damaged_idx_file(tmp_path, capsys):
+    for key, stem in IDX_FILE_STEMS.items():
+        shape = (3, 28, 28) if key.endswith("images") else (3,)
+        write_idx(tmp_path / stem, torch.zeros(shape, dtype=torch.uint8))
+    damaged = tmp_path / IDX_FILE_STEMS["train_labels"]
+    damaged.write_bytes(b"\x1f\x8b" + b"not gzip data")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.resolve_data("mnist", str(tmp_path))
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    assert message.startswith(f"autoexp-bench: error: {damaged}")
+    assert "Traceback" not in message
+
+
+def bench_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autoexp.bench.cli", "--data", "digits", "--repeats", "1", *args]
+
+
+def bench_processes(marker: str) -> list[int]:
+    """Return the running processes (not zombies) whose command line contains marker."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and marker.encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def stop_bench_at(args: list[str], line_start: str, signum: int, tmp_path) -> tuple[int, str]:
+    """Start autoexp-bench, send signum to its process alone after a progress line, and return
+    its exit code and stderr. Its temporary folders go to tmp_path / "tmp"."""
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp_root)}
+    process = subprocess.Popen(
+        bench_command(*args), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith(line_start):
+            break
+    process.send_signal(signum)
+    try:
+        rest = process.communicate(timeout=120)[1]
+    finally:
+        process.kill()
+    return process.returncode, "".join(seen) + rest
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_bench_stop_in_training_leaves_nothing(tmp_path, signum):
+    json_path = tmp_path / "out.json"
+    code, stderr = stop_bench_at(
+        ["--json", str(json_path)], "autoexp-bench: training: warm-up round", signum, tmp_path
+    )
+    assert code == 128 + signum, stderr[-3000:]
+    last_line = stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"autoexp-bench: stopped by {signal.Signals(signum).name}")
+    assert "no file was written" in last_line
+    assert "Traceback" not in stderr
+    # No resume command for a checkpoint in the deleted temporary folder.
+    assert "Resume with" not in stderr
+    assert not json_path.exists()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_bench_stop_ends_memory_run(tmp_path):
+    skips = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
+    code, stderr = stop_bench_at(skips, "autoexp-bench: memory:", signal.SIGINT, tmp_path)
+    assert code == 128 + signal.SIGINT, stderr[-3000:]
+    assert "Traceback" not in stderr
+    # The training run of the memory measurement ended with the benchmark, and its folder went
+    # with the temporary folder.
+    assert bench_processes(str(tmp_path / "tmp")) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_output_path_accepts_new_folders(tmp_path):

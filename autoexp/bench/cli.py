@@ -6,10 +6,12 @@ import json
 import logging
 import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from autoexp.bench.memory import peak_rss_mb
 from autoexp.bench.solvers import KMEANS_CLUSTERS, PCA_COMPONENTS, SolverBench
 from autoexp.bench.timing import column, pair_ratios, run_alternating
 from autoexp.bench.training import BATCH_SIZE, TrainingBench, layer_widths, reference_overrides
+from autoexp.callbacks.safety import TrainingInterrupted
 from autoexp.data import load_splits
 from autoexp.data.sources import SUPPLY_HEADING, find_idx_files
 
@@ -71,9 +74,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--data-root={args.data_root} is not a folder; pass the folder that contains the "
             "IDX files, or leave the option out to search the default folders"
         )
+    if len(set(args.skip)) == len(PARTS):
+        parser.error(
+            f"--skip leaves no part to run ({', '.join(PARTS)} are all skipped); skip fewer parts"
+        )
     if args.json is not None and args.markdown is not None:
-        if args.json.absolute() == args.markdown.absolute():
-            parser.error(f"--json and --markdown name the same file, {args.json}; give two paths")
+        # resolve() follows symbolic links and "..", so two spellings of one file match.
+        if args.json.resolve() == args.markdown.resolve():
+            parser.error(
+                f"--json={args.json} and --markdown={args.markdown} name the same file; "
+                "give two paths"
+            )
     for option, path in (("--json", args.json), ("--markdown", args.markdown)):
         if path is not None and (problem := output_path_problem(path)):
             # Checked before the run, which takes minutes, so that its figures are not lost.
@@ -141,16 +152,19 @@ def missing_data_message(error: FileNotFoundError, data_root: str | None) -> str
 def resolve_data(name: str, data_root: str | None) -> str:
     """Return the data set to run on: `name`, or digits where fashion_mnist is missing.
 
+    The IDX files are read here, so a damaged one stops the run before it starts.
+
     Raises:
-        SystemExit: mnist's IDX files are missing (exit code 2).
+        SystemExit: mnist's IDX files are missing, or a file is damaged (exit code 2).
     """
     if name == "digits":
         return name
     try:
-        if name == "fashion_mnist":
-            load_splits(name, root=data_root or "data", test_fraction=None)
-        else:
-            find_idx_files(name, data_root or "data")
+        load_splits(name, root=data_root or "data", test_fraction=None)
+    except ValueError as error:
+        # The message names the file and the fix: download it again.
+        print(f"autoexp-bench: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
     except FileNotFoundError as error:
         if name != "fashion_mnist":
             print(
@@ -363,13 +377,53 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     return results
 
 
+@contextlib.contextmanager
+def sigterm_stops_run() -> Iterator[None]:
+    """Make SIGTERM raise TrainingInterrupted, so the temporary folder is deleted on the way out.
+
+    Inside autoexp's fits, InterruptCheckpoint handles the signal in its place. A SIGTERM that
+    the process inherited as ignored stays ignored.
+    """
+
+    def stop(signum: int, frame) -> None:
+        raise TrainingInterrupted(128 + signum)
+
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark, print its tables and write the requested files."""
+    """Run the benchmark, print its tables and write the requested files.
+
+    SIGINT (Ctrl-C) or SIGTERM stops it with exit code 128 plus the signal number. It then
+    prints one line, deletes its temporary runs and writes no file.
+    """
     args = parse_args(argv)
     command = shlex.join(["autoexp-bench", *(sys.argv[1:] if argv is None else argv)])
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    results = run(args, command)
+    # On a stop inside a fit, InterruptCheckpoint logs how to resume from its checkpoint. That
+    # checkpoint lies in the temporary folder, which is deleted next, so the benchmark's own
+    # line below replaces the message.
+    logging.getLogger("autoexp.callbacks.safety").setLevel(logging.ERROR)
+    try:
+        with sigterm_stops_run():
+            results = run(args, command)
+    except (KeyboardInterrupt, TrainingInterrupted) as error:
+        exit_code = 128 + signal.SIGINT
+        if isinstance(error, TrainingInterrupted) and isinstance(error.code, int):
+            exit_code = error.code
+        name = signal.Signals(exit_code - 128).name
+        if exit_code == 128 + signal.SIGINT:
+            name += " (Ctrl-C)"
+        progress(f"stopped by {name}; its temporary runs were deleted and no file was written")
+        return exit_code
     tables = report.tables(results)
     print(tables)
     if args.json is not None:

@@ -5,6 +5,7 @@ import io
 import json
 import math
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -15,8 +16,15 @@ import torch
 from torchvision.datasets import MNIST
 
 from autoexp.bench import cli, report
+from autoexp.bench.memory import peak_rss_mb
 from autoexp.bench.timing import pair_ratios, run_alternating
-from autoexp.bench.training import InMemoryMNIST, layer_widths, plain_mlp, training_flops
+from autoexp.bench.training import (
+    InMemoryMNIST,
+    layer_widths,
+    plain_mlp,
+    reference_overrides,
+    training_flops,
+)
 from autoexp.data.idx import write_idx
 from autoexp.data.sources import IDX_FILE_STEMS
 from autoexp.data.splits import Split
@@ -232,6 +240,18 @@ def test_bench_stop_in_training_leaves_nothing(tmp_path, signum):
     assert "Resume with" not in stderr
     assert not json_path.exists()
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_peak_rss_leaves_out_parent_memory(tmp_path):
+    # Written to, so the pages are resident in this process.
+    ballast = bytearray(b"\x01") * 1_500_000_000
+    parent_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6
+    overrides = reference_overrides("digits", torch.device("cpu"))
+    peak_mb = peak_rss_mb(overrides, tmp_path / "run")
+    assert len(ballast) == 1_500_000_000
+    assert parent_mb > 1500
+    # A run started by this process itself would report at least parent_mb.
+    assert 100 < peak_mb < parent_mb - 500
 
 
 def test_bench_stop_ends_memory_run(tmp_path):

@@ -1,24 +1,51 @@
 """Peak resident memory of an autoexp-train run, measured from a parent process."""
 
-import os
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-# Seconds between checks for the end of the run.
-POLL_INTERVAL_S = 0.1
 # Lines of the run's output quoted when it fails.
 FAILURE_TAIL_LINES = 40
+# Seconds that the measuring process may take to end its run after a stop.
+STOP_WAIT_S = 30
+
+# Runs the command after its first argument, writing the command's output to the file named by
+# that argument, and prints the peak resident set size of its children: the training run
+# (DataLoader workers are off by default). It sits between the benchmark and the run because
+# Linux adds a process's peak before exec to the peak of the program it execs, so a run started
+# by the benchmark itself would count the benchmark's memory. SIGTERM or SIGINT to it, and the
+# end of the benchmark's process, end the run too.
+_MEASURE = """\
+import ctypes, resource, signal, subprocess, sys
+run = None
+def stop(signum, frame):
+    if run is not None:
+        run.kill()
+        run.wait()
+    sys.exit(128 + signum)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+try:
+    # PR_SET_PDEATHSIG: SIGTERM when the parent ends.
+    ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+except (OSError, AttributeError):
+    pass
+with open(sys.argv[1], "w") as log:
+    run = subprocess.Popen(
+        sys.argv[2:], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+    )
+code = run.wait()
+if code != 0:
+    sys.exit(code)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
 
 
 def peak_rss_mb(overrides: list[str], run_dir: Path, timeout: float = 600) -> float:
     """Run `python -m autoexp.train OVERRIDES` and return its peak resident memory in MB.
 
-    The run is a direct child, reaped with `os.wait4`, which returns the child's own resource
-    usage. If the wait ends early (a timeout, Ctrl-C, an error), the child is killed and
-    reaped before the exception goes on, so no training run outlives the benchmark.
+    If the wait ends early (a timeout, Ctrl-C, SIGTERM, an error), the run is ended before
+    the exception goes on, so no training run outlives the benchmark.
 
     Args:
         overrides: Hydra overrides of the run.
@@ -42,53 +69,49 @@ def peak_rss_mb(overrides: list[str], run_dir: Path, timeout: float = 600) -> fl
     ]
     log_path = run_dir.parent / "memory-run.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
-        )
+    process = subprocess.Popen(
+        [sys.executable, "-c", _MEASURE, str(log_path), *command],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        status, usage = wait_with_usage(process, timeout)
-    finally:
-        if process.returncode is None:
-            # The time ran out, or Ctrl-C or an error ended the wait.
-            process.kill()
-            wait_with_usage(process, timeout=None)
-    if status is None:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(process)
         raise RuntimeError(
             f"the training run for the memory measurement did not end within {timeout:g} s; "
             f"command: {' '.join(command)}\n{output_tail(log_path)}"
-        )
-    if status != 0:
+        ) from None
+    except BaseException:
+        stop(process)
+        raise
+    if process.returncode != 0:
         raise RuntimeError(
-            f"the training run for the memory measurement failed with exit code {status}; "
-            f"command: {' '.join(command)}\n{output_tail(log_path)}"
+            f"the training run for the memory measurement failed with exit code "
+            f"{process.returncode}; command: {' '.join(command)}\n{output_tail(log_path)}"
+            f"{stderr}"
         )
+    max_rss = int(stdout.strip().splitlines()[-1])
     # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
     bytes_per_unit = 1 if sys.platform == "darwin" else 1024
-    return usage.ru_maxrss * bytes_per_unit / 1e6
+    return max_rss * bytes_per_unit / 1e6
 
 
-def wait_with_usage(
-    process: subprocess.Popen, timeout: float | None
-) -> tuple[int | None, resource.struct_rusage | None]:
-    """Wait for a child and return its exit code and resource usage.
-
-    Returns (None, None) if it is still running after `timeout` seconds (None: no limit).
-    Popen's own wait does not return the usage, so the child is reaped here and its exit code
-    stored on `process`.
-    """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid == process.pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return process.returncode, usage
-        if deadline is not None and time.monotonic() > deadline:
-            return None, None
-        time.sleep(POLL_INTERVAL_S)
+def stop(process: subprocess.Popen) -> None:
+    """End the measuring process, which ends its run first; kill it if it takes too long."""
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_WAIT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def output_tail(log_path: Path) -> str:
     """Return the last lines of a run's output file."""
+    if not log_path.is_file():
+        return ""
     lines = log_path.read_text(errors="replace").splitlines()
     return "\n".join(lines[-FAILURE_TAIL_LINES:])

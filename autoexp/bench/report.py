@@ -292,6 +292,21 @@ drifts, they tell a median near its bound from a clear miss.
 - **Memory.** Peak resident set size of `python -m autoexp.train` with the reference
   model, one epoch and the test, read by its parent from `getrusage(RUSAGE_CHILDREN)`.
 
+## The JSON file
+
+`--json FILE` writes one object:
+
+- `command`, `date`, `data`, `data_folder` (the folder of the IDX files; null for
+  digits), `device`, `repeats`, `total_time_s`, and `machine` (CPU, thread count, load
+  average before and after, software versions).
+- `training`, `pca` and `kmeans`, one object per part that ran: its settings, `runs` (each
+  contender's figures per repeat, in repeat order) and `median` (their medians). `pca`
+  also holds `pca_error_rel_diff_covariance_eigh` and `pca_error_rel_diff_full`.
+- `ratios`: the median of each ratio over the repeats; `ratio_ranges`: its lowest and
+  highest value. A part left out with `--skip` leaves its ratios null.
+- `peak_rss_mb`: the peak resident memory of the training run, in MB; null when skipped.
+- `targets`: for each figure with a target, its `value`, `op`, `bound` and `met`.
+
 ## Where the time goes
 
 Profiles on fashion_mnist, on a 2-core AMD EPYC (December 2026), where
@@ -311,7 +326,20 @@ a plain-loop step of 256 images takes 10 to 12 ms:
   model and data module without callbacks, logger or progress bar took 1.088. In another
   set, the latter took 1.129 and the full autoexp run 1.135. Single pairs ranged from 0.97
   to 1.33. So the excess over the plain loop is Lightning's own work per step, and
-  `train_vs_plain` lies near or above its 1.10 target on this machine.
+  `train_vs_plain` lies near or above its 1.10 target on that machine.
+- Later sets that day, of 4 to 8 pairs, tie that spread to the machine's speed, which
+  changed within minutes. The plain epoch took 2.5 s in some sets and 1.75 to 1.8 s in
+  others, while autoexp's extra time per step stayed between 0.8 and 1.2 ms. The median
+  ratio was 1.06 to 1.08 in the slow sets and 1.10 to 1.14 in the fast ones. These were
+  measured in those sets and are not the cause:
+  - Python's garbage collector: 17 young-generation collections, about 3 ms per epoch.
+  - The forward and backward passes: the same time per layer in both loops, within 2%.
+  - torch's second thread spinning next to Lightning's Python: a Python loop ran no slower
+    right after a matrix product than after a pause.
+  - The TensorBoard writes: in one set of 8 pairs, 1.116 with the defaults, 1.090 with
+    `trainer.log_every_n_steps=50` and 1.116 with no logger and no progress bar.
+  - The data path: autoexp's DataLoader and batch transfer hook took 253 us per batch
+    against 179 us for the plain loop's indexing, under 1% of a step.
 - Time stamps at Lightning's hooks, over 633 steps of the reference model on 2026-12-05,
   locate the excess. About 0.8 ms of the median step lay inside the automatic optimization:
   building the closure, the wrappers around the optimizer step, and the hooks around
@@ -351,10 +379,15 @@ a plain-loop step of 256 images takes 10 to 12 ms:
 - `train_vs_plain` is the one target that fails in most runs. On 2026-12-05 between 11:45
   and 12:00 UTC, after the change to callback hooks, two runs of `autoexp-bench --json`
   with 3 repeats gave 1.130 and 1.025. Two with 5 repeats, the default since then, gave
-  1.133 and 1.119, and the run on this page followed them. Their other ratios met their targets,
+  1.133 and 1.119, and a third right after them 1.136. Their other ratios met their targets,
   with `kmeans_time_vs_sklearn` from 0.77 to 0.91 and `pca_vs_sklearn_covariance_eigh` from
   1.19 to 1.25. Nine runs earlier that day, with 3 repeats, gave `train_vs_plain` from 1.063
   to 1.213, median 1.146.
+- Two runs with 5 repeats at 17:40 and 17:45 UTC that day gave `train_vs_plain` 1.139 and
+  1.189, and `per_sample_vs_train` 1.79 and 2.00. Their per-sample epochs took 4.6 and 4.7 s,
+  against 8.4 s in the run at 16:19, so in those minutes even the plain loop was only 1.9 and
+  2.4 times as fast as the per-sample pipeline. Two runs of the training part alone right
+  after them gave `train_vs_plain` 1.112 and 1.122.
 """
 
 

@@ -9,6 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -147,16 +148,18 @@ def test_bench_rejects_bad_paths(tmp_path, monkeypatch, capsys, option, value, e
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink"])
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink"])
 def test_bench_rejects_one_path_for_both(tmp_path, capsys, spelling):
     json_path = tmp_path / "out"
     markdown_path = {
         "same": json_path,
         "dotdot": tmp_path / "sub" / ".." / "out",
         "symlink": tmp_path / "link",
+        "hardlink": tmp_path / "hard",
     }[spelling]
     json_path.write_text("{}")
     (tmp_path / "link").symlink_to(json_path)
+    (tmp_path / "hard").hardlink_to(json_path)
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(["--json", str(json_path), "--markdown", str(markdown_path)])
     assert exit_info.value.code == 2
@@ -203,21 +206,42 @@ def bench_processes(marker: str) -> list[int]:
     return found
 
 
-def stop_bench_at(args: list[str], line_start: str, signum: int, tmp_path) -> tuple[int, str]:
-    """Start autoexp-bench, send signum to its process alone after a progress line, and return
-    its exit code and stderr. Its temporary folders go to tmp_path / "tmp"."""
+def start_bench(args: list[str], tmp_path, **popen_options) -> subprocess.Popen:
+    """Start autoexp-bench on digits with its temporary folders in tmp_path / "tmp"."""
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
     env = {**os.environ, "TMPDIR": str(temp_root)}
-    process = subprocess.Popen(
-        bench_command(*args), cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    return subprocess.Popen(
+        bench_command(*args),
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen_options,
     )
+
+
+def read_until(process: subprocess.Popen, line_start: str) -> list[str]:
+    """Return the stderr lines of process up to the first that starts with line_start."""
     seen = []
     for line in process.stderr:
         seen.append(line)
         if line.startswith(line_start):
             break
-    process.send_signal(signum)
+    return seen
+
+
+def stop_bench_at(
+    args: list[str], line_start: str, signals: list[int], tmp_path
+) -> tuple[int, str]:
+    """Start autoexp-bench, send signals to its process alone after a progress line, and
+    return its exit code and stderr."""
+    process = start_bench(args, tmp_path)
+    seen = read_until(process, line_start)
+    for signum in signals:
+        process.send_signal(signum)
+        # A repeat comes after the first signal is handled, not merged with it.
+        time.sleep(0.05)
     try:
         rest = process.communicate(timeout=120)[1]
     finally:
@@ -225,11 +249,16 @@ def stop_bench_at(args: list[str], line_start: str, signum: int, tmp_path) -> tu
     return process.returncode, "".join(seen) + rest
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_bench_stop_in_training_leaves_nothing(tmp_path, signum):
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGTERM], [signal.SIGINT], [signal.SIGTERM, signal.SIGTERM]],
+    ids=["sigterm", "sigint", "sigterm-twice"],
+)
+def test_bench_stop_in_training_leaves_nothing(tmp_path, signals):
+    signum = signals[0]
     json_path = tmp_path / "out.json"
     code, stderr = stop_bench_at(
-        ["--json", str(json_path)], "autoexp-bench: training: warm-up round", signum, tmp_path
+        ["--json", str(json_path)], "autoexp-bench: training: warm-up round", signals, tmp_path
     )
     assert code == 128 + signum, stderr[-3000:]
     last_line = stderr.strip().splitlines()[-1]
@@ -256,13 +285,52 @@ def test_peak_rss_leaves_out_parent_memory(tmp_path):
 
 def test_bench_stop_ends_memory_run(tmp_path):
     skips = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
-    code, stderr = stop_bench_at(skips, "autoexp-bench: memory:", signal.SIGINT, tmp_path)
+    code, stderr = stop_bench_at(skips, "autoexp-bench: memory:", [signal.SIGINT], tmp_path)
     assert code == 128 + signal.SIGINT, stderr[-3000:]
     assert "Traceback" not in stderr
     # The training run of the memory measurement ended with the benchmark, and its folder went
     # with the temporary folder.
     assert bench_processes(str(tmp_path / "tmp")) == []
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+MEMORY_ONLY = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
+
+
+def test_bench_killed_ends_memory_run(tmp_path):
+    process = start_bench(MEMORY_ONLY, tmp_path)
+    read_until(process, "autoexp-bench: memory:")
+    process.kill()
+    process.communicate(timeout=60)
+    # The measuring process gets SIGTERM when the benchmark dies, and ends the run.
+    marker = str(tmp_path / "tmp")
+    deadline = time.monotonic() + 60
+    while bench_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert bench_processes(marker) == []
+
+
+def test_bench_keeps_inherited_ignored_sigint(tmp_path):
+    # As under nohup or in a script's background job: SIGINT to the group is ignored.
+    process = start_bench(
+        MEMORY_ONLY,
+        tmp_path,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    read_until(process, "autoexp-bench: memory:")
+    # The measuring process has set up its signals once it has started the training run.
+    marker = str(tmp_path / "tmp")
+    deadline = time.monotonic() + 60
+    while len(bench_processes(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        stderr = process.communicate(timeout=300)[1]
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+    assert "stopped by" not in stderr
 
 
 def test_output_path_accepts_new_folders(tmp_path):

@@ -192,6 +192,17 @@ def test_read_idx_random_bytes_with_gz_name(tmp_path):
         read_idx(path)
 
 
+def test_read_idx_empty_gz_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(b"")
+
+    expected = (
+        f"{path}: invalid gzip data: expected the gzip magic bytes 1f 8b, found an empty file"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        read_idx(path)
+
+
 def test_read_idx_corrupt_gzip_header(tmp_path):
     path = tmp_path / "labels.gz"
     # The gzip magic bytes followed by an unknown compression method (0x00 instead of 0x08).

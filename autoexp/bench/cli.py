@@ -79,8 +79,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--skip leaves no part to run ({', '.join(PARTS)} are all skipped); skip fewer parts"
         )
     if args.json is not None and args.markdown is not None:
-        # resolve() follows symbolic links and "..", so two spellings of one file match.
-        if args.json.resolve() == args.markdown.resolve():
+        # resolve() follows symbolic links and ".."; samefile also matches hard links.
+        same = args.json.resolve() == args.markdown.resolve()
+        if not same and args.json.exists() and args.markdown.exists():
+            same = os.path.samefile(args.json, args.markdown)
+        if same:
             parser.error(
                 f"--json={args.json} and --markdown={args.markdown} name the same file; "
                 "give two paths"
@@ -378,24 +381,34 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def sigterm_stops_run() -> Iterator[None]:
-    """Make SIGTERM raise TrainingInterrupted, so the temporary folder is deleted on the way out.
+def signals_stop_run() -> Iterator[None]:
+    """Make SIGTERM and SIGINT raise TrainingInterrupted, so the temporary folder is deleted.
 
-    Inside autoexp's fits, InterruptCheckpoint handles the signal in its place. A SIGTERM that
-    the process inherited as ignored stays ignored.
+    Only the first signal counts. The process ignores both from then on, also after the
+    block, so a repeat cannot cut the deletion short. Lightning may put this handler back
+    when a fit ends, so it ignores repeats itself too. A signal that the process inherited as
+    ignored stays ignored.
     """
+    stopped: list[int] = []
 
     def stop(signum: int, frame) -> None:
+        if stopped:
+            return
+        stopped.append(signum)
+        for handled in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(handled, signal.SIG_IGN)
         raise TrainingInterrupted(128 + signum)
 
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, stop)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if not stopped:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -408,12 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join(["autoexp-bench", *(sys.argv[1:] if argv is None else argv)])
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    # On a stop inside a fit, InterruptCheckpoint logs how to resume from its checkpoint. That
-    # checkpoint lies in the temporary folder, which is deleted next, so the benchmark's own
-    # line below replaces the message.
-    logging.getLogger("autoexp.callbacks.safety").setLevel(logging.ERROR)
     try:
-        with sigterm_stops_run():
+        with signals_stop_run():
             results = run(args, command)
     except (KeyboardInterrupt, TrainingInterrupted) as error:
         exit_code = 128 + signal.SIGINT
@@ -422,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         name = signal.Signals(exit_code - 128).name
         if exit_code == 128 + signal.SIGINT:
             name += " (Ctrl-C)"
+        # A progress bar may be half drawn on the line.
+        print(file=sys.stderr)
         progress(f"stopped by {name}; its temporary runs were deleted and no file was written")
         return exit_code
     tables = report.tables(results)

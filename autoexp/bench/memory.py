@@ -16,15 +16,17 @@ STOP_WAIT_S = 30
 # by the benchmark itself would count the benchmark's memory. SIGTERM or SIGINT to it, and the
 # end of the benchmark's process, end the run too.
 _MEASURE = """\
-import ctypes, resource, signal, subprocess, sys
+import ctypes, os, resource, signal, subprocess, sys
 run = None
 def stop(signum, frame):
+    # No wait here: the main code may be inside run.wait(), which holds a lock. Killed, the
+    # run is reaped by the init process once this process has exited.
     if run is not None:
         run.kill()
-        run.wait()
-    sys.exit(128 + signum)
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
+    os._exit(128 + signum)
+for signum in (signal.SIGTERM, signal.SIGINT):
+    if signal.getsignal(signum) is not signal.SIG_IGN:
+        signal.signal(signum, stop)
 try:
     # PR_SET_PDEATHSIG: SIGTERM when the parent ends.
     ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)

@@ -257,9 +257,11 @@ drifts, they tell a median near its bound from a clear miss.
   one untimed round runs first.
   - *autoexp*: `Trainer.fit` with the data module and the configs composed from `conf/`,
     as `autoexp-train data=... trainer=cpu` (or `trainer=gpu`) builds them: TensorBoard
-    logger, checkpoints, image and hparams callbacks, and the progress bar on. The
-    training pass runs from the start of the epoch to the end of its last batch. The
-    epoch with validation and checkpoints runs on to the end of training.
+    logger, checkpoints, image and hparams callbacks, and the progress bar on. The one
+    callback left out saves a checkpoint on SIGTERM or Ctrl-C: the benchmark's runs live in
+    a temporary folder, and the benchmark handles those signals itself. The training pass
+    runs from the start of the epoch to the end of its last batch. The epoch with
+    validation and checkpoints runs on to the end of training.
   - *plain loop*: a `torch.nn.Sequential` of the same layers, trained on batches indexed
     from the uint8 split held as one tensor on the device, converted to float per batch.
     Its loss is the function autoexp's models call, `autoexp.models.base.reconstruction_loss`.

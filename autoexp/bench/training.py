@@ -51,10 +51,14 @@ def reference_overrides(data: str, device: torch.device) -> list[str]:
 
 
 def compose_config(overrides: list[str], output_dir: Path) -> DictConfig:
-    """Compose conf/train.yaml as autoexp-train does, with the run's outputs in output_dir."""
+    """Compose conf/train.yaml as autoexp-train does, with the run's outputs in output_dir.
+
+    The callback that saves a checkpoint on SIGTERM or Ctrl-C is left out: the benchmark's
+    fits run in a temporary folder, and the benchmark stops on those signals itself.
+    """
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
+        cfg = compose("train", overrides=[*overrides, "~callbacks.interrupt_checkpoint"])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
     return cfg

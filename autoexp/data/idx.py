@@ -80,8 +80,9 @@ def _decode_idx(data: bytes, named_gz: bool) -> torch.Tensor:
     elif named_gz and data[:2] != b"\x00\x00":
         # A raw IDX file under a .gz name is still readable, so only reject data that is
         # neither gzip nor IDX.
+        found = data[:2].hex(" ") if data else "an empty file"
         raise _InvalidIdxError(
-            f"invalid gzip data: expected the gzip magic bytes 1f 8b, found {data[:2].hex(' ')}"
+            f"invalid gzip data: expected the gzip magic bytes 1f 8b, found {found}"
         )
 
     ndim = _check_magic(data)

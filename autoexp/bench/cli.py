@@ -384,10 +384,11 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def signals_stop_run() -> Iterator[None]:
     """Make SIGTERM and SIGINT raise TrainingInterrupted, so the temporary folder is deleted.
 
-    Only the first signal counts. The process ignores both from then on, also after the
-    block, so a repeat cannot cut the deletion short. Lightning may put this handler back
-    when a fit ends, so it ignores repeats itself too. A signal that the process inherited as
-    ignored stays ignored.
+    Only the first signal counts: the handler stays installed after a stop, also after the
+    block, and does nothing on a repeat, so a repeat cannot cut the deletion short. (Setting
+    the signals to SIG_IGN here made Python print an error for a repeat that was already
+    pending; main does that once the stop is reported.) A signal that the process inherited
+    as ignored stays ignored.
     """
     stopped: list[int] = []
 
@@ -395,8 +396,6 @@ def signals_stop_run() -> Iterator[None]:
         if stopped:
             return
         stopped.append(signum)
-        for handled in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(handled, signal.SIG_IGN)
         raise TrainingInterrupted(128 + signum)
 
     previous = {}
@@ -431,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
         name = signal.Signals(exit_code - 128).name
         if exit_code == 128 + signal.SIGINT:
             name += " (Ctrl-C)"
+        # Python puts back the default handlers when it shuts down, which takes a second or
+        # more after torch, so a repeat then would kill the process; ignored, it cannot.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_IGN)
         # A progress bar may be half drawn on the line.
         print(file=sys.stderr)
         progress(f"stopped by {name}; its temporary runs were deleted and no file was written")

@@ -385,10 +385,10 @@ def signals_stop_run() -> Iterator[None]:
     """Make SIGTERM and SIGINT raise TrainingInterrupted, so the temporary folder is deleted.
 
     Only the first signal counts: the handler stays installed after a stop, also after the
-    block, and does nothing on a repeat, so a repeat cannot cut the deletion short. (Setting
-    the signals to SIG_IGN here made Python print an error for a repeat that was already
-    pending; main does that once the stop is reported.) A signal that the process inherited
-    as ignored stays ignored.
+    block, and does nothing on a repeat, so a repeat cannot cut the deletion short. It does
+    not set the signals to SIG_IGN, because Python then prints an error for a repeat that is
+    already pending; main does that once the stop is reported. A signal that the process
+    inherited as ignored stays ignored.
     """
     stopped: list[int] = []
 
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         name = signal.Signals(exit_code - 128).name
         if exit_code == 128 + signal.SIGINT:
             name += " (Ctrl-C)"
-        # Python puts back the default handlers when it shuts down, which takes a second or
-        # more after torch, so a repeat then would kill the process; ignored, it cannot.
+        # Python puts back the default handlers when it shuts down, and with torch loaded that
+        # takes a second or more. Ignored signals keep a repeat from killing the process then.
         for signum in (signal.SIGTERM, signal.SIGINT):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 signal.signal(signum, signal.SIG_IGN)

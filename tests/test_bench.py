@@ -293,18 +293,17 @@ def test_peak_rss_leaves_out_parent_memory(tmp_path):
     assert 100 < peak_mb < parent_mb - 500
 
 
+MEMORY_ONLY = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
+
+
 def test_bench_stop_ends_memory_run(tmp_path):
-    skips = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
-    code, stderr = stop_bench_at(skips, "autoexp-bench: memory:", [signal.SIGINT], tmp_path)
+    code, stderr = stop_bench_at(MEMORY_ONLY, "autoexp-bench: memory:", [signal.SIGINT], tmp_path)
     assert code == 128 + signal.SIGINT, stderr[-3000:]
     assert "Traceback" not in stderr
     # The training run of the memory measurement ended with the benchmark, and its folder went
     # with the temporary folder.
     assert bench_processes(str(tmp_path / "tmp")) == []
     assert list((tmp_path / "tmp").iterdir()) == []
-
-
-MEMORY_ONLY = ["--skip", "training", "--skip", "pca", "--skip", "kmeans"]
 
 
 def test_bench_killed_ends_memory_run(tmp_path):

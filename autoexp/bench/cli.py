@@ -385,10 +385,10 @@ def signals_stop_run() -> Iterator[None]:
     """Make SIGTERM and SIGINT raise TrainingInterrupted, so the temporary folder is deleted.
 
     Only the first signal counts: the handler stays installed after a stop, also after the
-    block, and does nothing on a repeat, so a repeat cannot cut the deletion short. It does
-    not set the signals to SIG_IGN, because Python then prints an error for a repeat that is
-    already pending; main does that once the stop is reported. A signal that the process
-    inherited as ignored stays ignored.
+    block, and does nothing on a repeat, so a repeat cannot cut the deletion short. The
+    handler does not set the signals to SIG_IGN, because Python then prints an error for a
+    repeat that is already pending. main sets SIG_IGN once it has reported the stop. A
+    signal that the process inherited as ignored stays ignored.
     """
     stopped: list[int] = []
 

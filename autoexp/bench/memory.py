@@ -19,8 +19,8 @@ _MEASURE = """\
 import ctypes, os, resource, signal, subprocess, sys
 run = None
 def stop(signum, frame):
-    # No wait here: the main code may be inside run.wait(), which holds a lock. Killed, the
-    # run is reaped by the init process once this process has exited.
+    # The handler does not wait, because the main code may be inside run.wait(), which holds
+    # a lock. The init process reaps the killed run after this process exits.
     if run is not None:
         run.kill()
     os._exit(128 + signum)
@@ -83,7 +83,7 @@ def peak_rss_mb(overrides: list[str], run_dir: Path, timeout: float = 600) -> fl
     except subprocess.TimeoutExpired:
         stop(process)
         raise RuntimeError(
-            f"the training run for the memory measurement did not end within {timeout:g} s; "
+            f"the training run for the memory measurement timed out after {timeout:g} s; "
             f"command: {' '.join(command)}\n{output_tail(log_path)}"
         ) from None
     except BaseException:
@@ -92,7 +92,7 @@ def peak_rss_mb(overrides: list[str], run_dir: Path, timeout: float = 600) -> fl
     if process.returncode != 0:
         raise RuntimeError(
             f"the training run for the memory measurement failed with exit code "
-            f"{process.returncode}; command: {' '.join(command)}\n{output_tail(log_path)}"
+            f"{process.returncode}; command: {' '.join(command)}\n{output_tail(log_path)}\n"
             f"{stderr}"
         )
     max_rss = int(stdout.strip().splitlines()[-1])
@@ -102,7 +102,10 @@ def peak_rss_mb(overrides: list[str], run_dir: Path, timeout: float = 600) -> fl
 
 
 def stop(process: subprocess.Popen) -> None:
-    """End the measuring process, which ends its run first; kill it if it takes too long."""
+    """Terminate the measuring process, which kills its run first.
+
+    The process is killed if it has not ended after STOP_WAIT_S seconds.
+    """
     process.terminate()
     try:
         process.wait(timeout=STOP_WAIT_S)

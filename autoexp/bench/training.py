@@ -173,13 +173,7 @@ def fit_with_timer(cfg: DictConfig, datamodule: ImageDataModule, seed: int) -> d
     callbacks = [*make_callbacks(cfg, run_settings(cfg, model)), timer]
     trainer = make_trainer(cfg, callbacks)
     start = time.perf_counter()
-    try:
-        trainer.fit(model, datamodule=datamodule)
-    except SystemExit as error:
-        # Lightning turns Ctrl-C outside the training batches into exit code 1.
-        if type(error) is SystemExit and trainer.interrupted:
-            raise KeyboardInterrupt from error
-        raise
+    trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     return {
         "train_pass_s": timer.train_pass_s,
